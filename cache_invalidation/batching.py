@@ -1,0 +1,148 @@
+"""One transaction, one batch: collect events until commit, publish them together after it.
+
+Each event registers a marker with ``transaction.on_commit(using=alias, robust=True)``, so
+Django's own bookkeeping drops the markers of a rolled-back savepoint or transaction. A single
+flusher per transaction is kept at the end of the connection's commit hooks; it runs after the
+markers and publishes, as one batch, exactly the events whose markers ran. Outside a transaction
+(autocommit) an event is published at once: the write has already committed.
+
+Keeping the flusher last is the one place that touches ``connection.run_on_commit`` (a list of
+``(savepoint ids, callable, robust)`` entries since Django 4.2): it moves our own entry to the
+end and never changes or removes any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.transaction import TransactionManagementError
+
+from .events import InvalidationEvent
+
+logger = logging.getLogger("cache_invalidation")
+
+_ATTR = "_cache_invalidation_batch"
+
+
+class Batch:
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.entries: list[tuple[InvalidationEvent, Callable[[], None] | None]] = []
+        self.committed: list[int] = []
+
+    def confirm(self, index: int) -> None:
+        self.committed.append(index)
+
+    def flush(self) -> None:
+        connection = connections[self.alias]
+        if getattr(connection, _ATTR, None) is self:
+            delattr(connection, _ATTR)
+        done = [self.entries[i] for i in sorted(set(self.committed))]
+        if not done:
+            return
+        for _, after_commit in done:
+            if after_commit is not None:
+                after_commit()
+        publish_now([event for event, _ in done])
+
+
+def publish_now(events: list[InvalidationEvent]) -> None:
+    from .transports import get_transport
+
+    get_transport().publish(coalesce(events))
+
+
+def coalesce(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
+    """Merge events about the same entity and kind into one, tags and keys deduplicated."""
+    merged: dict[tuple[str, str, str], InvalidationEvent] = {}
+    order: list[tuple[str, str, str]] = []
+    for event in events:
+        ident = (event.type, event.entity_type, event.entity_id)
+        if event.type == "manual" or not event.entity_id:
+            ident = (event.type, event.entity_type, event.id)
+        previous = merged.get(ident)
+        if previous is None:
+            merged[ident] = event
+            order.append(ident)
+            continue
+        merged[ident] = InvalidationEvent(
+            id=previous.id,
+            type=previous.type,
+            entity_type=previous.entity_type,
+            entity_id=previous.entity_id,
+            timestamp=previous.timestamp,
+            correlation_id=previous.correlation_id,
+            tags=tuple(dict.fromkeys((*previous.tags, *event.tags))),
+            keys=tuple(dict.fromkeys((*previous.keys, *event.keys))),
+            changed_fields=tuple(dict.fromkeys((*previous.changed_fields, *event.changed_fields))),
+            metadata={**previous.metadata, **event.metadata},
+        )
+    return [merged[i] for i in order]
+
+
+def emit(
+    event: InvalidationEvent,
+    using: str,
+    after_commit: Callable[[], None] | None = None,
+) -> None:
+    """Publish ``event`` once the current transaction on ``using`` commits (now if none).
+
+    ``after_commit`` runs just before publishing, only if the write committed (used to move an
+    instance's remembered state forward).
+    """
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        if not connection.get_autocommit():
+            raise TransactionManagementError(
+                f"cache_invalidation cannot tell when a write on database {using!r} commits "
+                "under manual transaction management (autocommit is off); wrap the writes in "
+                "transaction.atomic() instead."
+            )
+        if after_commit is not None:
+            after_commit()
+        publish_now([event])
+        return
+    batch: Batch | None = getattr(connection, _ATTR, None)
+    hooks: list[Any] = connection.run_on_commit
+    if batch is None or not _keep_last(hooks, batch.flush):
+        # First event of this transaction, or the previous batch was rolled back whole
+        # (its flusher is gone with its markers): start afresh.
+        batch = Batch(using)
+        setattr(connection, _ATTR, batch)
+        batch.entries.append((event, after_commit))
+        transaction.on_commit(_Marker(batch, 0), using=using, robust=True)
+        transaction.on_commit(batch.flush, using=using, robust=True)
+        return
+    index = len(batch.entries)
+    batch.entries.append((event, after_commit))
+    transaction.on_commit(_Marker(batch, index), using=using, robust=True)
+    _keep_last(hooks, batch.flush)
+
+
+class _Marker:
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def __call__(self) -> None:
+        self.batch.confirm(self.index)
+
+    @property
+    def __qualname__(self) -> str:  # type: ignore[override]  # named in Django's error log
+        return "cache_invalidation.batching.marker"
+
+
+def _keep_last(hooks: list[Any], flusher: Callable[[], None]) -> bool:
+    """Move ``flusher``'s entry to the end of ``hooks``; False if it is not there."""
+    for position in range(len(hooks) - 1, -1, -1):
+        entry = hooks[position]
+        if entry[1] == flusher:
+            if position != len(hooks) - 1:
+                hooks.append(hooks.pop(position))
+            return True
+    return False

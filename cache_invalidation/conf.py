@@ -1,0 +1,70 @@
+"""Settings: one defaults table, read lazily through :func:`get_config`.
+
+Every key of ``settings.CACHE_INVALIDATION`` is optional. The merged view is cached and dropped
+on ``setting_changed`` so ``override_settings`` works in tests. Validation of the values lives in
+:mod:`cache_invalidation.checks`, which reports problems at startup with ids.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # The Django cache that holds cached entries and the tag index.
+    "CACHE_ALIAS": "default",
+    # "sync" | "celery"; None picks "celery" when a Celery broker is configured, else "sync".
+    "TRANSPORT": None,
+    # No entry written through the app lives longer than this many seconds.
+    "MAX_TTL": 3600,
+    # Celery retries of a failed invalidation: exponential backoff with full jitter.
+    "MAX_RETRIES": 8,
+    "RETRY_BACKOFF": 1,
+    "RETRY_BACKOFF_MAX": 300,
+    "RETRY_JITTER": True,
+    # Celery queue for invalidation tasks (None: the app's default queue).
+    "CELERY_QUEUE": None,
+    # Reserved for the dead-letter queue and deduplication (not used yet).
+    "ALERT_AFTER_ATTEMPTS": 3,
+    "DEDUP_WINDOW": 86400,
+}
+
+TRANSPORTS = ("sync", "celery")
+
+
+@lru_cache(maxsize=None)
+def get_config() -> dict[str, Any]:
+    """Return the effective settings: defaults overlaid with ``settings.CACHE_INVALIDATION``.
+
+    Unknown keys are kept (the system check ``cache_invalidation.E010`` names them); the
+    ``TRANSPORT`` key is resolved here, so readers always see "sync" or "celery".
+    """
+    user = getattr(settings, "CACHE_INVALIDATION", None) or {}
+    config = {**DEFAULTS, **(user if isinstance(user, dict) else {})}
+    if config["TRANSPORT"] is None:
+        config["TRANSPORT"] = "celery" if celery_broker_configured() else "sync"
+    return config
+
+
+def celery_broker_configured() -> bool:
+    """True when a Celery broker URL is set in Django settings or on the current Celery app."""
+    if getattr(settings, "CELERY_BROKER_URL", None) or getattr(settings, "BROKER_URL", None):
+        return True
+    try:
+        from celery import current_app
+    except ImportError:  # pragma: no cover - celery is a declared dependency
+        return False
+    return bool(current_app.conf.broker_url)
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("CACHE_INVALIDATION", "CELERY_BROKER_URL", "BROKER_URL", "CACHES"):
+        get_config.cache_clear()
+        from cache_invalidation import tagging
+
+        tagging.reset_backends()

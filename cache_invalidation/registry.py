@@ -1,0 +1,320 @@
+"""Per-model policies built from ``class Meta: cache_invalidation = {...}``.
+
+:func:`build` reads every installed model once at startup and returns one frozen
+:class:`Policy` per model that declares (or inherits) a declaration, plus the problems found in
+broken declarations. Problems are reported by the system checks in :mod:`.checks`; a model whose
+declaration is broken gets no policy, so a typo can never invalidate the wrong thing silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models
+
+from . import keytemplates
+from .keytemplates import KeyTemplate
+
+OPTION = "cache_invalidation"
+OPTIONS = ("tags", "keys", "on_fields")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    model: type[models.Model]
+    msg: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What to invalidate when a row of ``model`` changes.
+
+    ``tracked`` holds the attribute names whose loaded values are kept on each instance, so the
+    old state's tags are known without a query; ``names`` maps them to field names.
+    """
+
+    model: type[models.Model]
+    tags: tuple[KeyTemplate, ...]
+    keys: tuple[KeyTemplate, ...]
+    on_fields: tuple[tuple[str, tuple[KeyTemplate, ...]], ...]  # (field name, templates)
+    tracked: tuple[str, ...]
+    names: Mapping[str, str] = field(default_factory=dict)  # attname -> field name
+
+    @property
+    def label(self) -> str:
+        return self.model._meta.label
+
+    def templates_for(self, changed: Iterable[str] | None) -> tuple[KeyTemplate, ...]:
+        """Tag templates that apply to a change of ``changed`` field names (None: everything)."""
+        result = list(self.tags)
+        wanted = None if changed is None else set(changed)
+        for name, templates in self.on_fields:
+            if wanted is None or name in wanted:
+                result.extend(templates)
+        return tuple(result)
+
+
+@dataclass
+class Registry:
+    policies: dict[type[models.Model], Policy] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def get(self, model: type[models.Model]) -> Policy | None:
+        return self.policies.get(model)
+
+
+registry = Registry()
+
+
+def declaration_of(model: type[models.Model]) -> Any:
+    return getattr(model._meta, OPTION, None)
+
+
+def build(model_list: Iterable[type[models.Model]]) -> Registry:
+    """Validate every declaration and build the policies (a new :class:`Registry`)."""
+    result = Registry()
+    own: dict[type[models.Model], tuple[Policy | None, bool]] = {}
+    for model in model_list:
+        declared = declaration_of(model)
+        if declared is None:
+            own[model] = (None, False)
+            continue
+        policy, problems = _policy_from_declaration(model, declared)
+        result.problems.extend(problems)
+        own[model] = (policy, bool(problems))
+    for model, (policy, broken) in own.items():
+        if broken:
+            continue
+        merged = [policy] if policy else []
+        # Proxies and multi-table children write their parents' rows: apply those rules too.
+        for ancestor in _ancestors(model):
+            inherited, ancestor_broken = own.get(ancestor) or (None, False)
+            if inherited is None and not ancestor_broken and ancestor not in own:
+                declared = declaration_of(ancestor)
+                if declared is not None:
+                    inherited, found = _policy_from_declaration(ancestor, declared)
+                    ancestor_broken = bool(found)
+            if inherited is not None and not ancestor_broken:
+                merged.append(inherited)
+        if merged:
+            result.policies[model] = _merge(model, merged)
+    return result
+
+
+def _ancestors(model: type[models.Model]) -> list[type[models.Model]]:
+    seen: list[type[models.Model]] = []
+    meta = model._meta
+    candidates = list(meta.get_parent_list())
+    if meta.proxy and meta.concrete_model is not None:
+        candidates.append(meta.concrete_model)
+        candidates.extend(meta.concrete_model._meta.get_parent_list())
+    if meta.proxy_for_model is not None:
+        candidates.append(meta.proxy_for_model)
+    for candidate in candidates:
+        if candidate is not model and candidate not in seen:
+            seen.append(candidate)
+    return seen
+
+
+def _merge(model: type[models.Model], policies: list[Policy]) -> Policy:
+    def unique(items: Iterable[KeyTemplate]) -> tuple[KeyTemplate, ...]:
+        out: dict[str, KeyTemplate] = {}
+        for item in items:
+            out.setdefault(item.source, item)
+        return tuple(out.values())
+
+    if len(policies) == 1 and policies[0].model is model:
+        return policies[0]
+    on_fields: dict[str, list[KeyTemplate]] = {}
+    for policy in policies:
+        for name, templates in policy.on_fields:
+            on_fields.setdefault(name, []).extend(templates)
+    names: dict[str, str] = {}
+    for policy in policies:
+        names.update(policy.names)
+    return Policy(
+        model=model,
+        tags=unique(t for p in policies for t in p.tags),
+        keys=unique(t for p in policies for t in p.keys),
+        on_fields=tuple((name, unique(ts)) for name, ts in on_fields.items()),
+        tracked=tuple(dict.fromkeys(a for p in policies for a in p.tracked)),
+        names=names,
+    )
+
+
+def _policy_from_declaration(
+    model: type[models.Model], declared: Any
+) -> tuple[Policy | None, list[Problem]]:
+    label = f"{model.__name__}.Meta.{OPTION}"
+    problems: list[Problem] = []
+
+    def problem(id_: str, msg: str, hint: str | None = None) -> None:
+        problems.append(Problem(id_, model, f"{label}: {msg}", hint))
+
+    if not isinstance(declared, Mapping):
+        problem(
+            "cache_invalidation.E001",
+            f"must be a dict, not {type(declared).__name__}.",
+            'Write for example {"tags": ["%s:{pk}"]}.' % model._meta.model_name,
+        )
+        return None, problems
+    for name in declared:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(str(name), OPTIONS, n=1)
+            problem(
+                "cache_invalidation.E002",
+                f"unknown option {name!r}.",
+                (f"Did you mean {close[0]!r}? " if close else "")
+                + "Valid options are: " + ", ".join(OPTIONS) + ".",
+            )
+    resolver = _FieldResolver(model)
+    tracked: dict[str, None] = {}
+
+    def templates(option: str, value: Any) -> tuple[KeyTemplate, ...]:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            problem(
+                "cache_invalidation.E003",
+                f"option {option!r} must be a list of strings, not {type(value).__name__}.",
+                f'Write for example "{option}": ["{model._meta.model_name}:{{pk}}"].',
+            )
+            return ()
+        parsed = []
+        for source in value:
+            if not isinstance(source, str):
+                problem(
+                    "cache_invalidation.E003",
+                    f"option {option!r} must contain only strings, found "
+                    f"{type(source).__name__} {source!r}.",
+                )
+                continue
+            try:
+                template = keytemplates.parse(source)
+            except keytemplates.TemplateError as exc:
+                problem("cache_invalidation.E005", f"{_kind(option)} {exc}.")
+                continue
+            ok = True
+            for name in template.fields:
+                error = resolver.template_field_error(name)
+                if error:
+                    problem("cache_invalidation.E004", f"{_kind(option)} {source!r} {error[0]}",
+                            error[1])
+                    ok = False
+                else:
+                    tracked[resolver.attname(name)] = None
+            if ok:
+                parsed.append(template)
+        return tuple(parsed)
+
+    tags = templates("tags", declared.get("tags", ()))
+    keys = templates("keys", declared.get("keys", ()))
+    on_fields: list[tuple[str, tuple[KeyTemplate, ...]]] = []
+    raw_on_fields = declared.get("on_fields", {})
+    if not isinstance(raw_on_fields, Mapping):
+        problem(
+            "cache_invalidation.E003",
+            f"option 'on_fields' must be a dict of field name -> list of tag templates, not "
+            f"{type(raw_on_fields).__name__}.",
+            'Write for example "on_fields": {"price": ["pricing:{pk}"]}.',
+        )
+        raw_on_fields = {}
+    for field_name, value in raw_on_fields.items():
+        resolved = resolver.change_field(field_name)
+        if resolved is None:
+            problem(
+                "cache_invalidation.E006",
+                f"on_fields names {field_name!r}, which is no field of {model._meta.label}.",
+                resolver.suggest(field_name),
+            )
+            continue
+        name, attname = resolved
+        if attname is not None:
+            tracked[attname] = None
+        on_fields.append((name, templates(f"on_fields[{field_name!r}]", value)))
+    if problems:
+        return None, problems
+    return (
+        Policy(
+            model=model,
+            tags=tags,
+            keys=keys,
+            on_fields=tuple(on_fields),
+            tracked=tuple(tracked),
+            names={att: resolver.name_of(att) for att in tracked},
+        ),
+        problems,
+    )
+
+
+def _kind(option: str) -> str:
+    if option == "tags":
+        return "tag template"
+    if option == "keys":
+        return "key template"
+    return f"{option} template"
+
+
+class _FieldResolver:
+    """Maps names used in declarations onto the model's fields."""
+
+    def __init__(self, model: type[models.Model]) -> None:
+        meta = model._meta
+        self.model = model
+        self.pk_attname = meta.pk.attname if meta.pk is not None else "id"
+        self.by_attname: dict[str, models.Field] = {}
+        self.relations: dict[str, models.Field] = {}
+        for f in meta.concrete_fields:
+            self.by_attname[f.attname] = f
+            if f.name != f.attname:
+                self.relations[f.name] = f
+        self.m2m: set[str] = {f.name for f in meta.many_to_many}
+        self.m2m.update(
+            rel.get_accessor_name() or "" for rel in meta.related_objects if rel.many_to_many
+        )
+
+    def attname(self, name: str) -> str:
+        return self.pk_attname if name == "pk" else name
+
+    def name_of(self, attname: str) -> str:
+        f = self.by_attname.get(attname)
+        return f.name if f is not None else attname
+
+    def template_field_error(self, name: str) -> tuple[str, str] | None:
+        if name == "pk" or name in self.by_attname:
+            return None
+        if name in self.relations:
+            attname = self.relations[name].attname
+            return (
+                f"names the relation {name!r}; templates take stored values only.",
+                f"Use '{{{attname}}}' (the stored key) instead of '{{{name}}}'.",
+            )
+        if name in self.m2m:
+            return (
+                f"names the many-to-many relation {name!r}, which has no single value.",
+                f"Use on_fields {{{name!r}: [...]}} to react to changes of the relation.",
+            )
+        return (
+            f"names no field of {self.model._meta.label}.",
+            self.suggest(name),
+        )
+
+    def change_field(self, name: Any) -> tuple[str, str | None] | None:
+        if not isinstance(name, str):
+            return None
+        if name in self.by_attname:
+            return self.name_of(name), name
+        if name in self.relations:
+            return name, self.relations[name].attname
+        if name in self.m2m:
+            return name, None
+        return None
+
+    def suggest(self, name: Any) -> str:
+        choices = ["pk", *self.by_attname, *self.m2m]
+        close = difflib.get_close_matches(str(name), choices, n=1)
+        prefix = f"Did you mean {close[0]!r}? " if close else ""
+        return prefix + "Available: " + ", ".join(sorted(set(choices))) + "."

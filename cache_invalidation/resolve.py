@@ -1,0 +1,60 @@
+"""Which tags and keys a change invalidates. Pure: a policy and two states in, strings out.
+
+A *state* maps attribute names (``category_id``) to the values a row had. The old state is the
+row as it was loaded (None for a new row), the new state the row as written (None once deleted).
+Templates are rendered against both, so moving a product from category 3 to 4 yields the tags of
+both categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .registry import Policy
+
+
+def _values(policy: Policy, state: Mapping[str, Any]) -> dict[str, Any]:
+    values = dict(state)
+    pk_attname = policy.model._meta.pk.attname
+    if pk_attname in values:
+        values["pk"] = values[pk_attname]
+    return values
+
+
+def resolve(
+    policy: Policy,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    changed: Iterable[str] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tags, keys) for a change from ``old`` to ``new``.
+
+    ``changed`` holds the field names that changed, or None when every rule applies (a row
+    created or deleted). ``tags`` always apply; ``on_fields`` rules only when their field is in
+    ``changed``. Each string appears once.
+    """
+    states = [_values(policy, s) for s in (old, new) if s is not None]
+    tags: dict[str, None] = {}
+    keys: dict[str, None] = {}
+    for template in policy.templates_for(changed):
+        for values in states:
+            tags[template.render(values)] = None
+    for template in policy.keys:
+        for values in states:
+            keys[template.render(values)] = None
+    return tuple(tags), tuple(keys)
+
+
+def changed_fields(
+    policy: Policy, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """Names of the watched fields whose values differ between the two states."""
+    return tuple(
+        policy.names.get(attname, attname)
+        for attname in policy.tracked
+        if old.get(attname, _UNSET) != new.get(attname, _UNSET)
+    )
+
+
+_UNSET = object()

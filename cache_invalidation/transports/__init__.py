@@ -1,0 +1,43 @@
+"""Transports carry a committed batch of events to where it is applied.
+
+``sync`` applies it in this process right after commit; ``celery`` sends one task per batch.
+A transport's ``publish`` never raises into the user's request: a failure is logged at ERROR
+with the events and sent as the ``invalidation_failed`` signal.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from django.utils.module_loading import import_string
+
+from ..events import InvalidationEvent
+
+TRANSPORTS = {
+    "sync": "cache_invalidation.transports.sync.SyncTransport",
+    "celery": "cache_invalidation.transports.celery.CeleryTransport",
+}
+
+
+class Transport(Protocol):
+    name: str
+
+    def publish(self, events: list[InvalidationEvent]) -> None: ...
+
+
+def get_transport() -> Transport:
+    from ..conf import get_config
+
+    name = get_config()["TRANSPORT"]
+    try:
+        path = TRANSPORTS[name]
+    except KeyError:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            f"CACHE_INVALIDATION['TRANSPORT'] is {name!r}; choose one of "
+            + ", ".join(repr(t) for t in TRANSPORTS)
+            + "."
+        ) from None
+    transport: Transport = import_string(path)()
+    return transport

@@ -1,0 +1,32 @@
+"""``TRANSPORT = "celery"``: one Celery task per committed batch, JSON only.
+
+If the broker cannot take the message, the failure is logged at ERROR with the events and sent
+as ``invalidation_failed`` (stage ``"publish"``); the user's request still succeeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import signals
+from ..apply import report_failure
+from ..events import InvalidationEvent, encode_batch
+
+
+class CeleryTransport:
+    name = "celery"
+
+    def publish(self, events: list[InvalidationEvent]) -> None:
+        from ..conf import get_config
+        from ..tasks import apply_batch
+
+        options: dict[str, Any] = {"serializer": "json"}
+        queue = get_config()["CELERY_QUEUE"]
+        if queue:
+            options["queue"] = queue
+        try:
+            apply_batch.apply_async(args=[encode_batch(events)], **options)
+        except Exception as exc:
+            report_failure(events, exc, stage="publish", will_retry=False)
+            return
+        signals.invalidation_published.send(sender=None, events=events, transport=self.name)

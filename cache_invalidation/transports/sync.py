@@ -1,0 +1,22 @@
+"""``TRANSPORT = "sync"``: apply right after commit, in the process that made the change.
+
+Good for development and for sites without Celery. No retries: if the cache is unreachable the
+failure is logged at ERROR and sent as ``invalidation_failed``; the request still succeeds.
+"""
+
+from __future__ import annotations
+
+from .. import signals
+from ..apply import apply_events, report_failure
+from ..events import InvalidationEvent
+
+
+class SyncTransport:
+    name = "sync"
+
+    def publish(self, events: list[InvalidationEvent]) -> None:
+        signals.invalidation_published.send(sender=None, events=events, transport=self.name)
+        try:
+            apply_events(events)
+        except Exception as exc:
+            report_failure(events, exc, stage="apply", will_retry=False)
