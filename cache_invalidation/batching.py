@@ -132,10 +132,6 @@ class _Marker:
     def __call__(self) -> None:
         self.batch.confirm(self.index)
 
-    @property
-    def __qualname__(self) -> str:  # type: ignore[override]  # named in Django's error log
-        return "cache_invalidation.batching.marker"
-
 
 def _keep_last(hooks: list[Any], flusher: Callable[[], None]) -> bool:
     """Move ``flusher``'s entry to the end of ``hooks``; False if it is not there."""

@@ -55,6 +55,8 @@ def old_state(
         if pk is None or _pk_assigned_by_database(instance._meta.pk):
             return None
         known = {}
+    elif known.get(instance._meta.pk.attname, pk) != pk:
+        known = {}  # remembered before the row had its key: not a stored state
     missing = [a for a in policy.tracked if a not in known]
     if missing and pk is not None:
         row = (
@@ -87,7 +89,10 @@ def on_post_save(
     policy = registry.get(sender)
     data = instance.__dict__
     old = data.pop(PENDING, None)
-    if raw or policy is None or suspended():
+    if policy is None:
+        return
+    if raw or suspended():
+        remember(instance, policy)  # no event, but later saves must start from this state
         return
     current = {a: data[a] for a in policy.tracked if a in data}
     if created:

@@ -1,0 +1,170 @@
+"""Fixtures: real Redis, a real Celery worker, private Redis servers for outage tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.cache import caches
+
+from cache_invalidation import signals
+
+
+def _redis_or_fail(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis is not answering at {url}: {exc}. Start it (see README.rst).", 3)
+    return client
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    return _redis_or_fail(settings.REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def _clean_caches(redis_client: redis.Redis) -> Iterator[None]:
+    yield
+    keys = list(redis_client.scan_iter(match=f"{settings.KEY_PREFIX}*", count=1000))
+    for start in range(0, len(keys), 500):
+        redis_client.delete(*keys[start : start + 500])
+    caches["locmem"].clear()
+
+
+class Recorder:
+    """Collects what the public signals report."""
+
+    def __init__(self) -> None:
+        self.published: list[list[Any]] = []
+        self.applied: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+
+    def on_published(self, events: list[Any], **kwargs: Any) -> None:
+        self.published.append(events)
+
+    def on_applied(self, **kwargs: Any) -> None:
+        self.applied.append(kwargs)
+
+    def on_failed(self, **kwargs: Any) -> None:
+        self.failed.append(kwargs)
+
+    @property
+    def tags(self) -> set[str]:
+        return {t for batch in self.published for e in batch for t in e.tags}
+
+    @property
+    def keys(self) -> set[str]:
+        return {k for batch in self.published for e in batch for k in e.keys}
+
+    @property
+    def events(self) -> list[Any]:
+        return [e for batch in self.published for e in batch]
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    signals.invalidation_published.connect(rec.on_published, dispatch_uid="test-published")
+    signals.invalidation_applied.connect(rec.on_applied, dispatch_uid="test-applied")
+    signals.invalidation_failed.connect(rec.on_failed, dispatch_uid="test-failed")
+    yield rec
+    signals.invalidation_published.disconnect(dispatch_uid="test-published")
+    signals.invalidation_applied.disconnect(dispatch_uid="test-applied")
+    signals.invalidation_failed.disconnect(dispatch_uid="test-failed")
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="session")
+def celery_app() -> Any:
+    from testproject.celery import app
+
+    _redis_or_fail(settings.CELERY_BROKER_URL)
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker(celery_app: Any) -> Iterator[Any]:
+    """A real worker thread consuming from the real broker (the suite's own queue)."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        celery_app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10
+    ) as worker:
+        yield worker
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    leftovers = [k for k in broker.scan_iter(match=f"*{queue}*", count=1000)]
+    if leftovers:
+        broker.delete(*leftovers)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, on its own port, that the test may stop and start."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; the outage tests start their own.")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        if not wait_for(lambda: _pings(client), timeout=10):
+            pytest.fail(f"private redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,68 @@
+"""Models for the edge cases the shop does not have: abstract bases, proxies, inheritance."""
+
+import uuid
+
+from django.db import models
+
+
+class Stamped(models.Model):
+    title = models.CharField(max_length=50)
+
+    class Meta:
+        abstract = True
+        cache_invalidation = {"tags": ["stamped:{pk}", "title:{title}"]}
+
+
+class Article(Stamped):
+    """Inherits the abstract base's Meta (and its declaration) without a Meta of its own."""
+
+    section = models.CharField(max_length=20, default="news")
+
+
+class Note(Stamped):
+    """Extends the inherited declaration through Meta inheritance."""
+
+    class Meta(Stamped.Meta):
+        cache_invalidation = {**Stamped.Meta.cache_invalidation, "keys": ["note:{pk}:body"]}
+
+
+class Book(models.Model):
+    title = models.CharField(max_length=50)
+    shelf = models.IntegerField(default=1)
+
+    class Meta:
+        cache_invalidation = {"tags": ["book:{pk}", "shelf:{shelf}"]}
+
+
+class PlainBookProxy(Book):
+    class Meta:
+        proxy = True
+
+
+class LabelledBookProxy(Book):
+    class Meta:
+        proxy = True
+        cache_invalidation = {"tags": ["label:{pk}"]}
+
+
+class Ebook(Book):
+    """Multi-table child: saving it must also invalidate the parent Book's tags."""
+
+    url = models.CharField(max_length=100, default="")
+
+    class Meta:
+        cache_invalidation = {"tags": ["ebook:{pk}"]}
+
+
+class Gadget(models.Model):
+    """Primary key with a default: a new instance always INSERTs."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    kind = models.CharField(max_length=20)
+
+    class Meta:
+        cache_invalidation = {"tags": ["gadget:{pk}", "kind:{kind}"]}
+
+
+class Undeclared(models.Model):
+    name = models.CharField(max_length=20)
