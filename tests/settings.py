@@ -54,10 +54,21 @@ STATIC_URL = "/static/"
 
 _database_url = os.environ.get("DATABASE_URL")
 if _database_url:
-    DATABASES = {"default": dj_database_url.parse(_database_url)}
-    DATABASES["default"]["TEST"] = {"NAME": "test_cache_invalidation"}
+    DATABASES = {
+        "default": {
+            **dj_database_url.parse(_database_url),
+            "TEST": {"NAME": "test_cache_invalidation"},
+        },
+        "other": {
+            **dj_database_url.parse(_database_url),
+            "TEST": {"NAME": "test_cache_invalidation_other"},
+        },
+    }
 else:
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    }
 
 RUN_ID = uuid.uuid4().hex[:10]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")

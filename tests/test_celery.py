@@ -63,7 +63,9 @@ def test_broker_down_at_commit_keeps_the_request_alive_and_reports(
     [failure] = recorder.failed
     assert failure["stage"] == "publish" and failure["will_retry"] is False
     assert failure["events"][0].id == book_event.id
-    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    [record] = [
+        r for r in caplog.records if r.levelno == logging.ERROR and r.name == "cache_invalidation"
+    ]
     assert "publish of 1 event(s) failed" in record.getMessage()
     assert book_event.id in record.getMessage()  # the event itself is in the log line
     assert recorder.published == []
@@ -102,3 +104,27 @@ def test_malformed_message_is_reported_not_retried(celery_transport, recorder):
     [failure] = recorder.failed
     assert failure["stage"] == "decode" and failure["will_retry"] is False
     assert "'id' is required" in str(failure["error"])
+
+
+def test_retries_stop_after_max_retries_with_an_error(celery_transport, recorder, caplog):
+    settings = celery_transport
+    settings.CACHES = {
+        **settings.CACHES,
+        "nowhere": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2},
+        },
+    }
+    settings.CACHE_INVALIDATION = {
+        **settings.CACHE_INVALIDATION, "CACHE_ALIAS": "nowhere", "MAX_RETRIES": 2
+    }
+    with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
+        event = invalidate(tags=["unreachable"])
+        assert wait_for(lambda: len(recorder.failed) == 3, timeout=20)
+    assert [f["will_retry"] for f in recorder.failed] == [True, True, False]
+    final = [
+        r for r in caplog.records if r.levelno == logging.ERROR and r.name == "cache_invalidation"
+    ]
+    assert final and event.id in final[-1].getMessage()
+    assert recorder.applied == []

@@ -285,3 +285,18 @@ def test_undeclared_models_emit_nothing(recorder):
 
     Undeclared.objects.create(name="x")
     assert recorder.published == []
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_events_follow_the_commit_of_the_database_written(recorder):
+    with transaction.atomic(using="other"):
+        with transaction.atomic(using="default"):
+            book = Book.objects.using("other").create(title="elsewhere", shelf=9)
+        assert recorder.published == []  # "default" committed, but the write was on "other"
+    assert {f"book:{book.pk}", "shelf:9"} <= recorder.tags
+    recorder.published.clear()
+    with pytest.raises(RuntimeError):
+        with transaction.atomic(using="other"):
+            Book.objects.using("other").filter(pk=book.pk).get().delete()
+            raise RuntimeError
+    assert recorder.published == []
