@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+app_name = "shop"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("categories/<int:pk>/", views.category_detail, name="category"),
+    path("products/<int:pk>/", views.product_detail, name="product"),
+]

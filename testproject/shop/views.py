@@ -1,0 +1,123 @@
+"""The shop's pages. Each caches what it renders through ``tagged_cache``, under the tags the
+models declare, and reports whether each part came from the cache: in ``X-Cache`` response
+headers and in the page footer.
+
+``get_or_set`` reads the tags' versions before computing, so a page computed from rows that
+change meanwhile is returned to this request but not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Avg, Count, Max, Min
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from cache_invalidation import tagged_cache
+
+from .models import Category, Product
+
+
+def cached_part(key: str, compute: Callable[[], Any], tags: Sequence[str]) -> tuple[Any, str]:
+    """``tagged_cache.get_or_set`` that also says where the value came from: "hit" or "miss"."""
+    computed = False
+
+    def compute_and_note() -> Any:
+        nonlocal computed
+        computed = True
+        return compute()
+
+    value = tagged_cache.get_or_set(key, compute_and_note, tags=list(tags))
+    return value, "miss" if computed else "hit"
+
+
+def product_data(pk: int) -> dict[str, Any]:
+    """What the product page shows, as plain data. Raises Http404 (nothing is cached)."""
+    product = get_object_or_404(Product.objects.select_related("category"), pk=pk)
+    reviews = product.reviews.aggregate(count=Count("pk"), average=Avg("rating"))
+    return {
+        "pk": product.pk,
+        "name": product.name,
+        "price": product.price,
+        "description": product.description,
+        "category_id": product.category_id,
+        "category_name": product.category.name,
+        "tags": [tag.name for tag in product.tags.all()],
+        "review_count": reviews["count"],
+        "review_average": (
+            round(reviews["average"], 1) if reviews["average"] is not None else None
+        ),
+    }
+
+
+def pricing_data(category_id: int) -> dict[str, Any]:
+    """Price range of a category, for the side box of the product page."""
+    summary = Product.objects.filter(category_id=category_id).aggregate(
+        count=Count("pk"), low=Min("price"), high=Max("price"), average=Avg("price")
+    )
+    if summary["average"] is not None:
+        summary["average"] = Decimal(summary["average"]).quantize(Decimal("0.01"))
+    return summary
+
+
+def category_data(pk: int) -> dict[str, Any]:
+    """What the category page shows. Raises Http404 (nothing is cached)."""
+    category = get_object_or_404(Category, pk=pk)
+    return {
+        "pk": category.pk,
+        "name": category.name,
+        "products": list(category.products.order_by("name").values("pk", "name", "price")),
+    }
+
+
+def product_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # Everything on this page that belongs to the product (its row, its tags, its reviews)
+    # invalidates "product:{pk}". Renaming its category or one of its tags does not: that
+    # text refreshes within MAX_TTL.
+    product, status = cached_part(f"product:{pk}:page", lambda: product_data(pk), [f"product:{pk}"])
+    category_id = product["category_id"]
+    # A price change invalidates "pricing:{category_id}" (the on_fields rule); a product moving
+    # in or out of the category changes the range too, which "category:{id}:products" covers.
+    pricing, pricing_status = cached_part(
+        f"pricing:{category_id}:box",
+        lambda: pricing_data(category_id),
+        [f"pricing:{category_id}", f"category:{category_id}:products"],
+    )
+    response = render(
+        request,
+        "shop/product_detail.html",
+        {
+            "product": product,
+            "pricing": pricing,
+            "cache_parts": [("product", status), ("pricing box", pricing_status)],
+        },
+    )
+    response["X-Cache"] = status
+    response["X-Cache-Pricing"] = pricing_status
+    return response
+
+
+def category_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # The declared key "category:{pk}:listing" is deleted on any change of the category row;
+    # the tags also catch products added, removed, moved, renamed or repriced.
+    category, status = cached_part(
+        f"category:{pk}:listing",
+        lambda: category_data(pk),
+        [f"category:{pk}", f"category:{pk}:products"],
+    )
+    response = render(
+        request,
+        "shop/category_detail.html",
+        {"category": category, "cache_parts": [("category listing", status)]},
+    )
+    response["X-Cache"] = status
+    return response
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """Categories and their products; a navigation page, not cached."""
+    categories = Category.objects.prefetch_related("products")
+    return render(request, "shop/home.html", {"categories": categories, "cache_parts": []})
