@@ -33,7 +33,7 @@ class CacheInvalidationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, receivers, registry
+        from . import checks, registry
 
         checks.register()
         built = registry.build(apps.get_models())

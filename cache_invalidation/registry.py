@@ -54,9 +54,17 @@ class Policy:
         result = list(self.tags)
         wanted = None if changed is None else set(changed)
         for name, templates in self.on_fields:
-            if wanted is None or name in wanted:
+            # A rule also fires when a field its templates read changed: the row then left one
+            # group and joined another (a product moved to another category changes both
+            # categories' pricing even if its price did not change).
+            if wanted is None or name in wanted or not wanted.isdisjoint(self._read_by(templates)):
                 result.extend(templates)
         return tuple(result)
+
+    def _read_by(self, templates: tuple[KeyTemplate, ...]) -> set[str]:
+        pk_attname = self.model._meta.pk.attname
+        attnames = (pk_attname if f == "pk" else f for t in templates for f in t.fields)
+        return {self.names.get(a, a) for a in attnames}
 
 
 @dataclass

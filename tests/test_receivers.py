@@ -300,3 +300,12 @@ def test_events_follow_the_commit_of_the_database_written(recorder):
             Book.objects.using("other").filter(pk=book.pk).get().delete()
             raise RuntimeError
     assert recorder.published == []
+
+
+def test_on_fields_rule_fires_when_a_field_its_template_reads_changed(shop, recorder):
+    """Moving a product changes the pricing of both categories even if the price did not."""
+    c3, c4, product = shop
+    product.category = c4
+    product.save()
+    assert {f"pricing:{c3.pk}", f"pricing:{c4.pk}"} <= recorder.tags
+    assert f"product:{product.pk}:tags" not in recorder.tags  # the tags rule stayed quiet

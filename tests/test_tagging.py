@@ -6,7 +6,6 @@ import threading
 
 import pytest
 import redis
-from django.conf import settings
 from django.core.cache import caches
 
 from cache_invalidation import TaggedCache, tagged_cache
