@@ -44,10 +44,11 @@ class CacheInvalidationConfig(AppConfig):
 
 def connect(policies: dict[Any, Any]) -> None:
     """Connect the receivers for every model with a policy (idempotent)."""
-    from . import receivers
+    from . import queryset, receivers
 
     through_models = set()
     for model in policies:
+        queryset.install(model)
         label = model._meta.label
         signals.post_init.connect(
             receivers.on_post_init, sender=model, dispatch_uid=f"ci.post_init.{label}"
