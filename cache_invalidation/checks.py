@@ -35,7 +35,14 @@ def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
     ]
 
 
-_POSITIVE_INTS = ("MAX_TTL", "RETRY_BACKOFF_MAX", "ALERT_AFTER_ATTEMPTS", "DEDUP_WINDOW")
+_POSITIVE_INTS = (
+    "MAX_TTL",
+    "RETRY_BACKOFF_MAX",
+    "ALERT_AFTER_ATTEMPTS",
+    "DEDUP_WINDOW",
+    "LEASE_TIMEOUT",
+    "STALE_TTL",
+)
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -82,16 +89,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="cache_invalidation.E010",
             )
         )
-    value = config["RETRY_BACKOFF"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        errors.append(
-            checks.Error(
-                f"CACHE_INVALIDATION['RETRY_BACKOFF'] must be a number of seconds >= 0, "
-                f"got {value!r}.",
-                hint=f"The default is {DEFAULTS['RETRY_BACKOFF']!r}.",
-                id="cache_invalidation.E010",
+    for key in ("RETRY_BACKOFF", "LEASE_WAIT"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            errors.append(
+                checks.Error(
+                    f"CACHE_INVALIDATION[{key!r}] must be a number of seconds >= 0, "
+                    f"got {value!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id="cache_invalidation.E010",
+                )
             )
-        )
     alias = config["CACHE_ALIAS"]
     caches = getattr(settings, "CACHES", {})
     if alias not in caches:

@@ -28,6 +28,12 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_JITTER": True,
     # Celery queue for invalidation tasks (None: the app's default queue).
     "CELERY_QUEUE": None,
+    # Herd control in get_or_set: the first miss takes a lease for LEASE_TIMEOUT seconds and
+    # computes; other misses wait up to LEASE_WAIT seconds for its value (or get the stale copy,
+    # kept STALE_TTL seconds past the entry's TTL, when they ask for stale_while_revalidate).
+    "LEASE_TIMEOUT": 10,
+    "LEASE_WAIT": 5,
+    "STALE_TTL": 300,
     # Reserved for the dead-letter queue and deduplication (not used yet).
     "ALERT_AFTER_ATTEMPTS": 3,
     "DEDUP_WINDOW": 86400,

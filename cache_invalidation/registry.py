@@ -181,7 +181,8 @@ def _policy_from_declaration(
                 + "Valid options are: " + ", ".join(OPTIONS) + ".",
             )
     resolver = _FieldResolver(model)
-    tracked: dict[str, None] = {}
+    # The key is always remembered: automatic tags name the row by it.
+    tracked: dict[str, None] = {resolver.pk_attname: None}
 
     def templates(option: str, value: Any) -> tuple[KeyTemplate, ...]:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):

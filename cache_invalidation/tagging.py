@@ -10,7 +10,10 @@ what ``cache.set(key, ...)`` wrote.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -59,6 +62,12 @@ def is_django_redis(cache: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(cache, RedisCache) and hasattr(cache.client, "get_client")
+
+
+def _config() -> dict[str, Any]:
+    from .conf import get_config
+
+    return get_config()
 
 
 def _tags(tags: Iterable[str] | None) -> list[str]:
@@ -116,27 +125,108 @@ class TaggedCache:
         (``None`` means ``MAX_TTL``). Returns whether it was stored."""
         return self.backend.store(key, value, _tags(tags), self._timeout(timeout))
 
+    def index_stats(self) -> dict[str, int]:
+        """Size of the tag index (Redis): tag sets, members, dead members. Scans; not for hot
+        paths. Empty on version-stamp backends, which keep no index."""
+        stats = getattr(self.backend, "stats", None)
+        return stats() if stats else {}
+
+    def prune_index(self) -> dict[str, int]:
+        """Remove members of expired entries from every tag set (Redis), chunk by chunk."""
+        prune = getattr(self.backend, "prune", None)
+        return prune() if prune else {}
+
     def get_or_set(
         self,
         key: str,
         default: Any,
         tags: Sequence[str] | None = None,
         timeout: int | None = None,
+        *,
+        capture: bool = True,
+        stale_while_revalidate: bool = False,
+        lease: bool = True,
     ) -> Any:
         """Return the cached value, or compute ``default`` (a callable, or a value) and store it.
 
-        The tags' versions are read with the lookup, before computing; the value is stored only
-        if none of them was invalidated meanwhile, so a value computed from rows older than a
-        committed change is returned to this caller but never stored as fresh.
+        - **No stale set**: the lookup returns the invalidation sequence; the value is stored
+          only if none of its tags was invalidated after it, checked in the same script call
+          as the store. A value computed from rows older than a committed change is returned
+          to this caller but never stored.
+        - **Capture** (``capture=True``): the value is also tagged with every declared-model
+          instance and queryset the computation read (see :mod:`.capture`).
+        - **Herd control** (``lease=True``): of concurrent misses one computes; the others wait
+          up to ``LEASE_WAIT`` seconds for its value, or, with ``stale_while_revalidate=True``,
+          return at once the last value stored under this key (kept ``STALE_TTL`` seconds
+          longer, even across invalidations) when there is one.
+
+        A hit costs one round trip. An exception from ``default`` propagates; nothing is stored.
         """
         tag_list = _tags(tags)
-        value, snapshot = self.backend.lookup(key, tag_list)
-        if value is not MISSING:
-            return value
-        value = default() if callable(default) else default
-        if snapshot is not None:
-            self.backend.store(key, value, tag_list, self._timeout(timeout), snapshot=snapshot)
+        config = _config()
+        token = uuid.uuid4().hex if lease else None
+        deadline: float | None = None
+        pause = 0.005
+        while True:
+            found = self.backend.lookup(
+                key, token, config["LEASE_TIMEOUT"], stale_while_revalidate
+            )
+            if found.value is not MISSING:
+                return found.value
+            if found.leased or token is None:
+                held = token if found.leased else None
+                return self._compute(key, default, tag_list, timeout, found.since, held, capture,
+                                     stale_while_revalidate)
+            if stale_while_revalidate and found.stale is not MISSING:
+                return found.stale
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + float(config["LEASE_WAIT"])
+            if now >= deadline:  # the lease holder is slow or gone: compute without it
+                return self._compute(key, default, tag_list, timeout, found.since, None, capture,
+                                     stale_while_revalidate)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _compute(
+        self,
+        key: str,
+        default: Any,
+        tags: list[str],
+        timeout: int | None,
+        since: int,
+        lease: str | None,
+        capture: bool,
+        keep_stale: bool,
+    ) -> Any:
+        from .capture import capturing
+
+        try:
+            with capturing() if capture else nullcontext(set()) as captured:
+                value = default() if callable(default) else default
+        except BaseException:
+            if lease:
+                self.backend.release(key, lease)
+            raise
+        self._store_computed(key, value, tags, captured, timeout, since, lease, keep_stale)
         return value
+
+    def _store_computed(
+        self,
+        key: str,
+        value: Any,
+        tags: list[str],
+        captured: set[str],
+        timeout: int | None,
+        since: int,
+        lease: str | None,
+        keep_stale: bool,
+    ) -> bool:
+        all_tags = tags + sorted(captured.difference(tags))
+        stale_ttl = int(_config()["STALE_TTL"]) if keep_stale else 0
+        return self.backend.store(
+            key, value, all_tags, self._timeout(timeout), since, lease, stale_ttl
+        )
 
     def delete(self, key: str) -> bool:
         """Delete one entry; return whether it existed (stamp backends: whether deleted)."""
@@ -171,27 +261,56 @@ class TaggedCache:
         default: Callable[[], Any] | Any,
         tags: Sequence[str] | None = None,
         timeout: int | None = None,
+        *,
+        capture: bool = True,
+        stale_while_revalidate: bool = False,
+        lease: bool = True,
     ) -> Any:
-        """Like :meth:`get_or_set`; ``default`` may be a coroutine function."""
+        """Like :meth:`get_or_set`; ``default`` may be a coroutine function, and waiting for
+        another caller's lease does not block the event loop."""
+        import asyncio
         import inspect
 
+        from .capture import capturing
+
         tag_list = _tags(tags)
-        value, snapshot = await sync_to_async(self.backend.lookup, thread_sensitive=False)(
-            key, tag_list
-        )
-        if value is not MISSING:
-            return value
-        if inspect.iscoroutinefunction(default):
-            value = await default()
-        elif callable(default):
-            value = await sync_to_async(default)()
-        else:
-            value = default
-        if snapshot is not None:
-            await sync_to_async(self.backend.store, thread_sensitive=False)(
-                key, value, tag_list, self._timeout(timeout), snapshot
+        config = _config()
+        token = uuid.uuid4().hex if lease else None
+        lookup = sync_to_async(self.backend.lookup, thread_sensitive=False)
+        deadline: float | None = None
+        pause = 0.005
+        while True:
+            found = await lookup(key, token, config["LEASE_TIMEOUT"], stale_while_revalidate)
+            if found.value is not MISSING:
+                return found.value
+            held = token if found.leased else None
+            if not (found.leased or token is None):
+                if stale_while_revalidate and found.stale is not MISSING:
+                    return found.stale
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + float(config["LEASE_WAIT"])
+                if now < deadline:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+                    continue
+            try:
+                with capturing() if capture else nullcontext(set()) as captured:
+                    if inspect.iscoroutinefunction(default):
+                        value = await default()
+                    elif callable(default):
+                        value = await sync_to_async(default)()
+                    else:
+                        value = default
+            except BaseException:
+                if held:
+                    await sync_to_async(self.backend.release, thread_sensitive=False)(key, held)
+                raise
+            await sync_to_async(self._store_computed, thread_sensitive=False)(
+                key, value, tag_list, captured, timeout, found.since, held,
+                stale_while_revalidate,
             )
-        return value
+            return value
 
     async def adelete(self, key: str) -> bool:
         return await sync_to_async(self.delete, thread_sensitive=False)(key)

@@ -1,29 +1,57 @@
 """Storage strategies behind :class:`cache_invalidation.tagging.TaggedCache`.
 
-``redis``: a tag index of Redis sets, deleted by one Lua script per batch (django-redis caches).
+``redis``: a tag index of Redis sets, deleted by Lua scripts (django-redis caches).
 ``stamps``: version stamps that work on any Django cache backend (LocMem, database, file...).
-Both implement the same small interface, :class:`Backend`.
+
+Both keep one *invalidation sequence*: a counter bumped by every invalidation, whose value is
+written as the version of each tag it invalidates. A lookup that misses returns the sequence
+(``since``); a store given ``since`` is refused if any of its tags was invalidated after it. The
+tags need not be known before computing, so tags captured while computing are checked too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 MISSING: Any = object()
+
+
+@dataclass
+class Lookup:
+    value: Any  # the cached value, or MISSING
+    since: int  # the invalidation sequence at the time of the lookup
+    leased: bool = False  # this caller holds the lease to compute the value
+    stale: Any = MISSING  # the last value stored with keep_stale, even if since invalidated
 
 
 class Backend(Protocol):
     def get(self, key: str) -> Any:
         """The stored value, or :data:`MISSING`."""
 
-    def lookup(self, key: str, tags: Sequence[str]) -> tuple[Any, Any]:
-        """(value or MISSING, a snapshot of ``tags``' versions to pass to :meth:`store`)."""
+    def lookup(self, key: str, lease: str | None, lease_ttl: float, stale: bool) -> Lookup:
+        """Read ``key``; on a miss, try to take the compute lease when ``lease`` (a token)
+        is given, and return the stale copy when ``stale``. One round trip on Redis."""
 
     def store(
-        self, key: str, value: Any, tags: Sequence[str], timeout: int, snapshot: Any = None
+        self,
+        key: str,
+        value: Any,
+        tags: Sequence[str],
+        timeout: int,
+        since: int | None = None,
+        lease: str | None = None,
+        keep_stale: int = 0,
     ) -> bool:
-        """Store ``value``; with a snapshot, only if no tag was invalidated since it was taken."""
+        """Store ``value``; with ``since``, only if no tag was invalidated after it. Releases
+        the lease ``lease`` if held; keeps a stale copy for ``keep_stale`` seconds more."""
+
+    def release(self, key: str, lease: str) -> None:
+        """Give the compute lease back without storing (the computation failed)."""
+
+    def lease_held(self, key: str) -> bool:
+        """Whether somebody holds the compute lease of ``key``."""
 
     def delete(self, key: str) -> bool:
         """Delete one key; True if it existed."""

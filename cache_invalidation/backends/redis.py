@@ -1,72 +1,136 @@
-"""Tag index on Redis via django-redis: a set of member keys per tag, plus a version counter.
+"""Tag index on Redis via django-redis: a set of member keys per tag, and tag versions.
 
 Layout (every name passes through the cache's ``make_key``, so ``KEY_PREFIX``/``VERSION``
 apply): the value at ``make_key(key)``; the members of a tag at ``make_key("ci:t:" + tag)``;
-the tag's version counter at ``make_key("ci:v:" + tag)``. Writes and invalidations are single
-Lua scripts, so a batch is atomic and costs one round trip.
+the tag's version at ``make_key("ci:v:" + tag)``; the invalidation sequence at
+``make_key("ci:seq")``; a compute lease at ``make_key("ci:l:" + key)``; a stale copy at
+``make_key("ci:s:" + key)``.
+
+Invalidation is one Lua script per batch: it bumps the sequence, writes it as the version of
+every tag (so no computation that started earlier can store under them any more), deletes the
+members of small tags and the plain keys, and renames each large tag's member set to a
+"draining" key. The draining sets are then emptied :data:`CHUNK` members per script call, so
+Redis is never blocked for long and members are never all loaded into Python. Until a drain
+finishes, plain reads of its not-yet-deleted members still see the old values: that window is
+part of the invalidation lag.
+
+Stores prune the index as they go: each store checks two random members of each of its tags
+and removes those whose entry expired, so under churn a tag's set stays within about twice its
+live members. :func:`prune` sweeps everything for a periodic task.
 
 Errors: reads and writes honour the cache's ``IGNORE_EXCEPTIONS`` (a failed read is a miss, a
-failed write stores nothing); an invalidation never does: it raises, so a failed delete can
-never be reported as done.
+failed write stores nothing); invalidation never does: it raises, so a failed delete can never
+be reported as done.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import MISSING
+from . import MISSING, Lookup
 
 logger = logging.getLogger("cache_invalidation")
 
-# KEYS: value key, then n tag-member keys, then n version keys.
-# ARGV: encoded value, ttl ms, index ttl ms, n, conditional flag, then n expected versions.
+#: Members deleted per script call: about a millisecond of Redis time.
+CHUNK = 1000
+
+# KEYS: value, seq, lease, stale. ARGV: want lease, token, lease ttl ms, want stale.
+_LOOKUP = """
+local value = redis.call('GET', KEYS[1])
+local since = redis.call('GET', KEYS[2]) or '0'
+if value then return {value, since, 0, false} end
+local leased = 0
+if ARGV[1] == '1' and redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  leased = 1
+end
+local stale = false
+if ARGV[4] == '1' then stale = redis.call('GET', KEYS[4]) end
+return {false, since, leased, stale}
+"""
+
+# KEYS: value, lease, stale, n tag sets, n versions.
+# ARGV: value, ttl ms, index ttl ms, n, since ('' = unconditional), token, stale ttl ms.
 _STORE = """
 local n = tonumber(ARGV[4])
-if ARGV[5] == '1' then
+local function release()
+  if ARGV[6] ~= '' and redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
+end
+if ARGV[5] ~= '' then
+  local since = tonumber(ARGV[5])
   for i = 1, n do
-    local current = redis.call('GET', KEYS[1 + n + i]) or ''
-    if current ~= ARGV[5 + i] then return 0 end
+    local version = redis.call('GET', KEYS[3 + n + i])
+    if version and tonumber(version) > since then release() return 0 end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[7]) > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7]) end
 for i = 1, n do
-  redis.call('SADD', KEYS[1 + i], KEYS[1])
-  if redis.call('PTTL', KEYS[1 + i]) < tonumber(ARGV[3]) then
-    redis.call('PEXPIRE', KEYS[1 + i], ARGV[3])
+  local set = KEYS[3 + i]
+  for _, member in ipairs(redis.call('SRANDMEMBER', set, 2)) do
+    if member ~= KEYS[1] and redis.call('EXISTS', member) == 0 then
+      redis.call('SREM', set, member)
+    end
   end
+  redis.call('SADD', set, KEYS[1])
+  if redis.call('PTTL', set) < tonumber(ARGV[3]) then redis.call('PEXPIRE', set, ARGV[3]) end
 end
+release()
 return 1
 """
 
-# KEYS: value key, then version keys. Returns {value or false, version...}.
-_LOOKUP = """
-local out = {redis.call('GET', KEYS[1])}
-for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) or '' end
-return out
-"""
-
-# KEYS: n tag-member keys, n version keys, then plain keys. ARGV: n, version ttl ms.
-# Members are deleted in slices so no single DEL call carries an unbounded argument list.
+# KEYS: seq, n tag sets, n versions, plain keys. ARGV: n, index ttl ms, budget, drain prefix.
 _INVALIDATE = """
 local n = tonumber(ARGV[1])
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 4)
+local budget = tonumber(ARGV[3])
 local deleted = 0
+local draining = {}
 for i = 1, n do
-  local members = redis.call('SMEMBERS', KEYS[i])
-  for s = 1, #members, 500 do
-    deleted = deleted + redis.call('DEL', unpack(members, s, math.min(s + 499, #members)))
+  local set = KEYS[1 + i]
+  redis.call('SET', KEYS[1 + n + i], seq, 'PX', ARGV[2])
+  local size = redis.call('SCARD', set)
+  if size > 0 and size <= budget then
+    local members = redis.call('SMEMBERS', set)
+    for s = 1, #members, 500 do
+      deleted = deleted + redis.call('DEL', unpack(members, s, math.min(s + 499, #members)))
+    end
+    redis.call('DEL', set)
+    budget = budget - size
+  elseif size > 0 then
+    local target = ARGV[4] .. seq .. ':' .. i
+    redis.call('RENAME', set, target)
+    redis.call('PEXPIRE', target, ARGV[2])
+    draining[#draining + 1] = target
   end
-  redis.call('DEL', KEYS[i])
-  redis.call('INCR', KEYS[n + i])
-  redis.call('PEXPIRE', KEYS[n + i], ARGV[2])
 end
-for i = 2 * n + 1, #KEYS do
+for i = 2 * n + 2, #KEYS do
   deleted = deleted + redis.call('DEL', KEYS[i])
 end
-return deleted
+return {deleted, draining}
+"""
+
+# KEYS: a draining set. ARGV: chunk. Pops and deletes up to chunk members.
+_DRAIN = """
+local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
+if #members == 0 then return {0, 0} end
+return {redis.call('DEL', unpack(members)), #members}
+"""
+
+# KEYS: a tag set. ARGV: members to check. Removes those whose entry is gone.
+_PRUNE = """
+local removed = 0
+for _, member in ipairs(ARGV) do
+  if redis.call('EXISTS', member) == 0 then
+    removed = removed + redis.call('SREM', KEYS[1], member)
+  end
+end
+return removed
 """
 
 
@@ -81,11 +145,12 @@ class RedisTagBackend:
     def _redis(self) -> Any:
         return self.client_wrapper.get_client(write=True)
 
-    def _script(self, source: str) -> Any:
+    def _run(self, source: str, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
         script = self._scripts.get(source)
+        client = self._redis()
         if script is None:
-            script = self._scripts[source] = self._redis().register_script(source)
-        return script
+            script = self._scripts[source] = client.register_script(source)
+        return script(keys=list(keys), args=list(args), client=client)
 
     def _key(self, key: str) -> str:
         return str(self.client_wrapper.make_key(key))
@@ -103,63 +168,125 @@ class RedisTagBackend:
             return True
         return False
 
+    def _decode(self, raw: Any) -> Any:
+        return MISSING if raw is None else self.client_wrapper.decode(raw)
+
     # -- Backend ---------------------------------------------------------------------------
     def get(self, key: str) -> Any:
         try:
-            raw = self._redis().get(self._key(key))
+            return self._decode(self._redis().get(self._key(key)))
         except RedisError as exc:
             if self._tolerate(exc, "get"):
                 return MISSING
             raise
-        return MISSING if raw is None else self.client_wrapper.decode(raw)
 
-    def lookup(self, key: str, tags: Sequence[str]) -> tuple[Any, Any]:
-        _, version_keys = self._tag_keys(tags)
+    def lookup(self, key: str, lease: str | None, lease_ttl: float, stale: bool) -> Lookup:
+        keys = [self._key(key), self._key("ci:seq"), self._key("ci:l:" + key),
+                self._key("ci:s:" + key)]
+        args = ["1" if lease else "0", lease or "", int(lease_ttl * 1000), "1" if stale else "0"]
         try:
-            reply = self._script(_LOOKUP)(keys=[self._key(key), *version_keys], client=self._redis())
+            value, since, leased, stale_raw = self._run(_LOOKUP, keys, args)
         except RedisError as exc:
             if self._tolerate(exc, "get"):
-                return MISSING, None
+                return Lookup(MISSING, 0)
             raise
-        raw, versions = reply[0], [v.decode() if isinstance(v, bytes) else v for v in reply[1:]]
-        value = MISSING if raw is None else self.client_wrapper.decode(raw)
-        return value, versions
+        return Lookup(self._decode(value), int(since), bool(leased), self._decode(stale_raw))
 
     def store(
-        self, key: str, value: Any, tags: Sequence[str], timeout: int, snapshot: Any = None
+        self,
+        key: str,
+        value: Any,
+        tags: Sequence[str],
+        timeout: int,
+        since: int | None = None,
+        lease: str | None = None,
+        keep_stale: int = 0,
     ) -> bool:
         tag_keys, version_keys = self._tag_keys(tags)
-        conditional = snapshot is not None
-        argv = [
+        keys = [self._key(key), self._key("ci:l:" + key), self._key("ci:s:" + key),
+                *tag_keys, *version_keys]
+        args = [
             self.client_wrapper.encode(value),
             timeout * 1000,
             self._index_ttl_ms(),
             len(tags),
-            "1" if conditional else "0",
-            *(snapshot if conditional else [""] * len(tags)),
+            "" if since is None else since,
+            lease or "",
+            (timeout + keep_stale) * 1000 if keep_stale else 0,
         ]
         try:
-            stored = self._script(_STORE)(
-                keys=[self._key(key), *tag_keys, *version_keys], args=argv, client=self._redis()
-            )
+            return bool(self._run(_STORE, keys, args))
         except RedisError as exc:
             if self._tolerate(exc, "set"):
                 return False
             raise
-        return bool(stored)
+
+    def release(self, key: str, lease: str) -> None:
+        lease_key = self._key("ci:l:" + key)
+        client = self._redis()
+        if client.get(lease_key) == lease.encode():
+            client.delete(lease_key)
+
+    def lease_held(self, key: str) -> bool:
+        return bool(self._redis().exists(self._key("ci:l:" + key)))
 
     def delete(self, key: str) -> bool:
         return bool(self._redis().delete(self._key(key)))
 
     def invalidate(self, tags: Sequence[str], keys: Sequence[str]) -> int:
-        tag_keys, version_keys = self._tag_keys(tags)
-        plain = [self._key(k) for k in keys]
-        if not tag_keys and not plain:
+        if not tags and not keys:
             return 0
-        return int(
-            self._script(_INVALIDATE)(
-                keys=[*tag_keys, *version_keys, *plain],
-                args=[len(tags), self._index_ttl_ms()],
-                client=self._redis(),
-            )
+        tag_keys, version_keys = self._tag_keys(tags)
+        drain_prefix = self._key(f"ci:d:{uuid.uuid4().hex[:8]}:")
+        deleted, draining = self._run(
+            _INVALIDATE,
+            [self._key("ci:seq"), *tag_keys, *version_keys, *(self._key(k) for k in keys)],
+            [len(tags), self._index_ttl_ms(), CHUNK, drain_prefix],
         )
+        deleted = int(deleted)
+        for set_key in draining:
+            while True:
+                removed, popped = self._run(_DRAIN, [set_key], [CHUNK])
+                deleted += int(removed)
+                if not int(popped):
+                    break
+        return deleted
+
+    # -- maintenance ----------------------------------------------------------------------
+    def _tag_sets(self) -> Iterator[bytes]:
+        return self._redis().scan_iter(match=self._key("ci:t:") + "*", count=1000)
+
+    def prune(self) -> dict[str, int]:
+        """Remove members whose entry expired from every tag set; chunked, never blocking."""
+        client = self._redis()
+        sets = removed = 0
+        for set_key in self._tag_sets():
+            sets += 1
+            for batch in _batches(client.sscan_iter(set_key, count=CHUNK), CHUNK):
+                removed += int(self._run(_PRUNE, [set_key], batch))
+        return {"tag_sets": sets, "removed": removed}
+
+    def stats(self) -> dict[str, int]:
+        """Size of the tag index: tag sets, members, and how many members are dead."""
+        client = self._redis()
+        sets = members = dead = 0
+        for set_key in self._tag_sets():
+            sets += 1
+            for batch in _batches(client.sscan_iter(set_key, count=CHUNK), CHUNK):
+                members += len(batch)
+                pipe = client.pipeline(transaction=False)
+                for member in batch:
+                    pipe.exists(member)
+                dead += sum(1 for alive in pipe.execute() if not alive)
+        return {"tag_sets": sets, "members": members, "dead_members": dead}
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

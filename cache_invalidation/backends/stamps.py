@@ -1,40 +1,41 @@
 """Tag versions ("stamps") on any Django cache backend: LocMem, database, file, memcached.
 
-Each tag has a random version token at ``"ci:v:" + tag``. An entry is stored together with the
-versions of its tags; reading it compares them with the current ones, and any difference (or a
-token that was evicted) makes it a miss. Invalidating a tag writes a new token, so entries die
-without being found. ``store`` with a snapshot writes the versions seen *before* the value was
-computed, so a value computed from data older than an invalidation is born stale: no race
-between check and store is possible even though the backend has no scripting.
+An invalidation bumps the sequence ``"ci:seq"`` and writes it as the version of each tag
+(``"ci:v:" + tag``). An entry is stored together with the versions its tags had when it was
+stored; reading it compares them with the current ones, and any difference (or a version that
+was evicted) makes it a miss. So invalidated entries die without being found, and expire with
+their TTL. A store given ``since`` is refused when a tag's version is newer, which closes the
+race between computing a value and storing it.
+
+The guarantee rests on the backend's ``incr`` and ``add`` being atomic (LocMem, memcached and
+Redis are; the database and file backends are not, so there two concurrent invalidations
+can share a sequence number and the no-stale-set check is best effort).
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from . import MISSING
+from . import MISSING, Lookup
+
+SEQ = "ci:seq"
 
 
 class Stamped:
-    """The stored envelope: the value and the tag versions it was computed under."""
+    """The stored envelope: the value and the tag versions it was stored under."""
 
     __slots__ = ("value", "versions")
 
-    def __init__(self, value: Any, versions: dict[str, str]) -> None:
+    def __init__(self, value: Any, versions: dict[str, int]) -> None:
         self.value = value
         self.versions = versions
 
-    def __getstate__(self) -> tuple[Any, dict[str, str]]:
+    def __getstate__(self) -> tuple[Any, dict[str, int]]:
         return self.value, self.versions
 
-    def __setstate__(self, state: tuple[Any, dict[str, str]]) -> None:
+    def __setstate__(self, state: tuple[Any, dict[str, int]]) -> None:
         self.value, self.versions = state
-
-
-def _token() -> str:
-    return secrets.token_hex(8)
 
 
 class StampBackend:
@@ -42,24 +43,24 @@ class StampBackend:
         self.cache = cache
         self.max_ttl = max_ttl
 
-    def _version_key(self, tag: str) -> str:
-        return "ci:v:" + tag
-
-    def _versions(self, tags: Sequence[str], create: bool) -> dict[str, str | None]:
-        keys = {self._version_key(t): t for t in tags}
-        found = self.cache.get_many(list(keys)) if keys else {}
-        versions: dict[str, str | None] = {t: found.get(k) for k, t in keys.items()}
-        missing = [t for t, v in versions.items() if v is None]
-        if create and missing:
-            for tag in missing:
-                self.cache.add(self._version_key(tag), _token(), self._version_ttl())
-            again = self.cache.get_many([self._version_key(t) for t in missing])
-            for tag in missing:
-                versions[tag] = again.get(self._version_key(tag))
-        return versions
-
-    def _version_ttl(self) -> int:
+    def _ttl(self) -> int:
         return self.max_ttl + 60
+
+    def _seq(self) -> int:
+        return int(self.cache.get(SEQ) or 0)
+
+    def _bump(self) -> int:
+        self.cache.add(SEQ, 0, self._ttl() * 4)
+        try:
+            return int(self.cache.incr(SEQ))
+        except ValueError:  # evicted between add and incr
+            self.cache.add(SEQ, 1, self._ttl() * 4)
+            return int(self.cache.incr(SEQ))
+
+    def _versions(self, tags: Sequence[str]) -> dict[str, int | None]:
+        keys = {"ci:v:" + t: t for t in tags}
+        found = self.cache.get_many(list(keys)) if keys else {}
+        return {t: found.get(k) for k, t in keys.items()}
 
     def _unwrap(self, raw: Any) -> Any:
         if raw is None:
@@ -67,38 +68,69 @@ class StampBackend:
         if not isinstance(raw, Stamped):
             return raw  # written by plain cache.set(): no tags to check
         if raw.versions:
-            current = self._versions(list(raw.versions), create=False)
-            if any(current[t] is None or current[t] != v for t, v in raw.versions.items()):
+            current = self._versions(list(raw.versions))
+            if any(current[t] != v for t, v in raw.versions.items()):
                 return MISSING
         return raw.value
 
     def get(self, key: str) -> Any:
         return self._unwrap(self.cache.get(key))
 
-    def lookup(self, key: str, tags: Sequence[str]) -> tuple[Any, Any]:
+    def lookup(self, key: str, lease: str | None, lease_ttl: float, stale: bool) -> Lookup:
+        since = self._seq()
         value = self._unwrap(self.cache.get(key))
         if value is not MISSING:
-            return value, None
-        return MISSING, self._versions(tags, create=True)
+            return Lookup(value, since)
+        leased = bool(lease) and self.cache.add("ci:l:" + key, lease, max(1, round(lease_ttl)))
+        stale_value = self.cache.get("ci:s:" + key, MISSING) if stale else MISSING
+        return Lookup(MISSING, since, leased, stale_value)
 
     def store(
-        self, key: str, value: Any, tags: Sequence[str], timeout: int, snapshot: Any = None
+        self,
+        key: str,
+        value: Any,
+        tags: Sequence[str],
+        timeout: int,
+        since: int | None = None,
+        lease: str | None = None,
+        keep_stale: int = 0,
     ) -> bool:
-        versions = snapshot if snapshot is not None else self._versions(tags, create=True)
-        if any(v is None for v in versions.values()):
-            return False  # a version could not be stored: the entry could never be validated
-        self.cache.set(key, Stamped(value, dict(versions)), timeout)
-        return True
+        try:
+            versions = self._versions(tags)
+            missing = [t for t, v in versions.items() if v is None]
+            if missing:
+                # An unknown version may have been evicted after an invalidation: start it at
+                # the current sequence, which refuses this store if anything moved meanwhile.
+                current = self._seq()
+                for tag in missing:
+                    self.cache.add("ci:v:" + tag, current, self._ttl())
+                versions = self._versions(tags)
+            if any(v is None for v in versions.values()):
+                return False
+            if since is not None and any(int(v) > since for v in versions.values()):  # type: ignore[arg-type]
+                return False
+            self.cache.set(key, Stamped(value, dict(versions)), timeout)  # type: ignore[arg-type]
+            if keep_stale:
+                self.cache.set("ci:s:" + key, value, timeout + keep_stale)
+            return True
+        finally:
+            if lease:
+                self.release(key, lease)
+
+    def release(self, key: str, lease: str) -> None:
+        if self.cache.get("ci:l:" + key) == lease:
+            self.cache.delete("ci:l:" + key)
+
+    def lease_held(self, key: str) -> bool:
+        return self.cache.get("ci:l:" + key) is not None
 
     def delete(self, key: str) -> bool:
-        result = self.cache.delete(key)
-        return bool(result)
+        return bool(self.cache.delete(key))
 
     def invalidate(self, tags: Sequence[str], keys: Sequence[str]) -> int:
         if tags:
-            failed = self.cache.set_many(
-                {self._version_key(t): _token() for t in tags}, self._version_ttl()
-            )
+            seq = self._bump()
+            failed = self.cache.set_many({"ci:v:" + t: seq for t in tags}, self._ttl())
             if failed:
                 raise RuntimeError(f"could not write new versions for tags {failed!r}")
         if keys:
