@@ -20,6 +20,7 @@ from typing import Any
 from django.db import models
 
 from .batching import emit
+from .capture import record_instance
 from .events import InvalidationEvent
 from .registry import Policy, registry
 from .resolve import changed_fields, resolve
@@ -39,6 +40,7 @@ def on_post_init(sender: type[models.Model], instance: models.Model, **kwargs: A
     policy = registry.get(sender)
     if policy is not None:
         remember(instance, policy)
+        record_instance(instance)
 
 
 def _pk_assigned_by_database(field: models.Field) -> bool:
