@@ -67,7 +67,12 @@ def queryset_tags(queryset: models.QuerySet) -> list[str]:
     if pks is not None and not query.annotations:
         return [instance_tag(label, pk) for label in auto_labels(model) for pk in pks]
     tags = [collection_tag(label) for label in auto_labels(model)]
-    tables = {entry.table_name for entry in query.alias_map.values()}
+    # Joins trimmed away (a filter on category=obj uses the key column) keep refcount 0.
+    tables = {
+        entry.table_name
+        for alias, entry in query.alias_map.items()
+        if query.alias_refcount.get(alias, 0) > 0
+    }
     for other in registry.policies:
         if other._meta.db_table in tables and other is not model:
             tags.extend(collection_tag(label) for label in auto_labels(other))

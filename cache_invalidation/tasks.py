@@ -72,3 +72,16 @@ def apply_batch(self: Any, payload: Any) -> int:
     except Exception as exc:
         report_failure(events, exc, stage="apply", will_retry=False)
         raise
+
+
+@shared_task(name="cache_invalidation.prune_tag_index", ignore_result=True)
+def prune_tag_index() -> dict[str, int]:
+    """Periodic sweep of the tag index: drop members whose entry expired (for Celery beat).
+
+    Stores already prune lazily; this catches tags that stopped receiving stores.
+    """
+    from .tagging import TaggedCache
+
+    result = TaggedCache().prune_index()
+    logger.info("cache_invalidation: pruned the tag index: %s", result)
+    return result

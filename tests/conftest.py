@@ -125,9 +125,10 @@ def _free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own, on its own port, that the test may stop and start."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
         self.port = _free_port()
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -140,7 +141,8 @@ class PrivateRedis:
             pytest.fail("redis-server is not installed; the outage tests start their own.")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir),
+             *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

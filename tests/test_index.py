@@ -1,0 +1,82 @@
+"""The tag index at scale: big tags drain in short chunks, churn does not grow the index."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from cache_invalidation import TaggedCache
+from tests.conftest import PrivateRedis
+
+
+@pytest.fixture
+def slow_log_redis(tmp_path, settings):
+    """A private Redis that logs every command slower than 10 ms, used as the cache."""
+    server = PrivateRedis(tmp_path, "--slowlog-log-slower-than", "10000",
+                          "--slowlog-max-len", "1000", "--appendonly", "no")
+    server.start()
+    settings.CACHES = {
+        **settings.CACHES,
+        "private": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": server.url,
+                    "KEY_PREFIX": "big"},
+    }
+    yield server, redis.Redis.from_url(server.url)
+    server.stop()
+
+
+def test_invalidating_a_tag_with_100k_members_never_blocks_redis_for_10ms(slow_log_redis):
+    server, raw = slow_log_redis
+    cache = TaggedCache("private")
+    cache.set("seed", 0, tags=["huge"])  # creates the tag set through the real code path
+    tag_set = "big:1:ci:t:huge"
+    assert raw.exists(tag_set)
+    pipe = raw.pipeline(transaction=False)
+    for i in range(100_000):
+        member = f"big:1:item:{i}"
+        pipe.set(member, b"x", px=600_000)
+        pipe.sadd(tag_set, member)
+        if i % 10_000 == 9_999:
+            pipe.execute()
+    pipe.execute()
+    assert raw.scard(tag_set) == 100_001
+    raw.slowlog_reset()
+
+    deleted = cache.invalidate_tags(["huge"])
+
+    assert deleted == 100_001
+    assert raw.dbsize() <= 3  # only the sequence and the tag version remain
+    slow = raw.slowlog_get(1000)
+    assert slow == [], [(e["duration"], e["command"][:60]) for e in slow]
+
+
+def test_churn_does_not_grow_the_index_and_prune_empties_dead_members(settings):
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TTL": 60}
+    cache = TaggedCache("default")
+    for round_ in range(4):
+        for i in range(1000):
+            cache.set(f"churn:{round_}:{i}", i, tags=["churn"], timeout=1)
+        time.sleep(1.1)  # this round's entries expire
+    stats = cache.index_stats()
+    # 4000 entries were tagged, all dead now; lazy pruning kept the set far below that.
+    assert stats["tag_sets"] == 1
+    assert stats["members"] < 2500, stats
+    assert stats["dead_members"] == stats["members"]
+    pruned = cache.prune_index()
+    assert pruned["removed"] == stats["dead_members"]
+    assert cache.index_stats() == {"tag_sets": 0, "members": 0, "dead_members": 0}
+
+
+def test_prune_task_runs_in_a_real_worker(celery_worker, settings):
+    from cache_invalidation.tasks import prune_tag_index
+
+    cache = TaggedCache("default")
+    cache.set("short", 1, tags=["prunable"], timeout=1)
+    cache.set("long", 1, tags=["prunable"], timeout=60)
+    time.sleep(1.1)
+    prune_tag_index.apply_async(serializer="json")
+    from tests.conftest import wait_for
+
+    assert wait_for(lambda: cache.index_stats()["dead_members"] == 0)
+    assert cache.index_stats()["members"] == 1
