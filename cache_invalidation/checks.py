@@ -42,6 +42,7 @@ _POSITIVE_INTS = (
     "DEDUP_WINDOW",
     "LEASE_TIMEOUT",
     "STALE_TTL",
+    "MAX_RELATED_DEPTH",
 )
 
 

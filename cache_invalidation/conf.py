@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_TIMEOUT": 10,
     "LEASE_WAIT": 5,
     "STALE_TTL": 300,
+    # How many hops a Meta "related" cascade follows (Review -> Product -> Category is 2).
+    "MAX_RELATED_DEPTH": 3,
     # Reserved for the dead-letter queue and deduplication (not used yet).
     "ALERT_AFTER_ATTEMPTS": 3,
     "DEDUP_WINDOW": 86400,

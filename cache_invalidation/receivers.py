@@ -19,10 +19,12 @@ from typing import Any
 
 from django.db import models
 
+from . import bulk
 from .batching import emit
 from .capture import record_instance
 from .events import InvalidationEvent
 from .registry import Policy, registry
+from .related import related_invalidations
 from .resolve import changed_fields, resolve
 from .suspend import suspended
 
@@ -114,7 +116,7 @@ def on_post_save(
     else:
         new = current
         changed = None
-    tags, keys = resolve(policy, old, new, changed)
+    tags, keys = _with_related(policy, resolve(policy, old, new, changed), (old, new), using)
 
     def advance() -> None:
         state = data.setdefault(STATE, {})
@@ -145,7 +147,9 @@ def on_post_delete(
         return
     if old is None:
         old = {a: instance.__dict__[a] for a in policy.tracked if a in instance.__dict__}
-    tags, keys = resolve(policy, old, None, None)
+    tags, keys = _with_related(policy, resolve(policy, old, None, None), (old,), using)
+    if bulk.gather_deleted(policy, tags, keys, using, kwargs.get("origin")):
+        return  # a queryset delete(): one event for all its rows, published by the queryset
     emit(_event(policy, instance, "deleted", tags, keys, ()), using)
 
 
@@ -183,7 +187,9 @@ def on_m2m_changed(
     policy = registry.get(type(instance))
     if policy is not None:
         state = old_state(instance, policy, using) or {}
-        tags, keys = resolve(policy, state, None, (own_name,))
+        tags, keys = _with_related(
+            policy, resolve(policy, state, None, (own_name,)), (state,), using
+        )
         emit(_event(policy, instance, "m2m_changed", tags, keys, (own_name,)), using)
     other = registry.get(model)
     if other is not None and pk_set:
@@ -234,6 +240,21 @@ def _relation(through: type[models.Model], reverse: bool) -> tuple[str, str, str
     if reverse:
         return reverse_name, forward_name, target, source
     return forward_name, reverse_name, source, target
+
+
+def _with_related(
+    policy: Policy,
+    own: tuple[tuple[str, ...], tuple[str, ...]],
+    states: tuple[dict[str, Any] | None, ...],
+    using: str,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if not policy.related:
+        return own
+    tags, keys = related_invalidations(policy, states, using)
+    return (
+        tuple(dict.fromkeys((*own[0], *tags))),
+        tuple(dict.fromkeys((*own[1], *keys))),
+    )
 
 
 def _event(

@@ -19,7 +19,7 @@ from . import keytemplates
 from .keytemplates import KeyTemplate
 
 OPTION = "cache_invalidation"
-OPTIONS = ("tags", "keys", "on_fields")
+OPTIONS = ("tags", "keys", "on_fields", "related")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,21 @@ class Problem:
     model: type[models.Model]
     msg: str
     hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A ``related`` entry: changes of this model also invalidate ``target``'s rows.
+
+    ``forward``: this model holds the key (``attname``, e.g. ``product_id``) of the target row.
+    Otherwise the target holds this model's key in its column ``attname`` (a reverse relation,
+    such as a product's reviews).
+    """
+
+    name: str
+    target: type[models.Model]
+    attname: str
+    forward: bool
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,7 @@ class Policy:
     on_fields: tuple[tuple[str, tuple[KeyTemplate, ...]], ...]  # (field name, templates)
     tracked: tuple[str, ...]
     names: Mapping[str, str] = field(default_factory=dict)  # attname -> field name
+    related: tuple[Relation, ...] = ()
 
     @property
     def label(self) -> str:
@@ -111,7 +127,54 @@ def build(model_list: Iterable[type[models.Model]]) -> Registry:
                 merged.append(inherited)
         if merged:
             result.policies[model] = _merge(model, merged)
+    result.problems.extend(_relation_problems(result.policies))
     return result
+
+
+def _relation_problems(policies: dict[type[models.Model], Policy]) -> list[Problem]:
+    """Targets without a declaration, and cycles (which could cascade forever)."""
+    problems: list[Problem] = []
+    declared = {m._meta.concrete_model for m in policies}
+    for model, policy in policies.items():
+        for relation in policy.related:
+            if relation.target._meta.concrete_model not in declared:
+                problems.append(Problem(
+                    "cache_invalidation.E007",
+                    model,
+                    f"{model.__name__}.Meta.{OPTION}: related names {relation.name!r}, which "
+                    f"points at {relation.target._meta.label}, a model with no "
+                    f"{OPTION} declaration.",
+                    f"Declare {OPTION} on {relation.target._meta.label}, or drop "
+                    f"{relation.name!r} from related.",
+                ))
+    reported: set[frozenset[str]] = set()
+
+    def visit(model: type[models.Model], path: list[type[models.Model]]) -> None:
+        policy = policies.get(model)
+        if policy is None:
+            return
+        for relation in policy.related:
+            target = relation.target
+            if target in path:
+                cycle = [*path[path.index(target):], target]
+                names = frozenset(m._meta.label for m in cycle)
+                if names not in reported:
+                    reported.add(names)
+                    chain = " -> ".join(m._meta.label for m in cycle)
+                    problems.append(Problem(
+                        "cache_invalidation.E008",
+                        cycle[0],
+                        f"{cycle[0].__name__}.Meta.{OPTION}: related relations form a cycle: "
+                        f"{chain}.",
+                        "Keep 'related' pointing one way (for example from the child to its "
+                        "parent) and tag the other direction explicitly.",
+                    ))
+                continue
+            visit(target, [*path, target])
+
+    for model in policies:
+        visit(model, [model])
+    return problems
 
 
 def _ancestors(model: type[models.Model]) -> list[type[models.Model]]:
@@ -150,6 +213,7 @@ def _merge(model: type[models.Model], policies: list[Policy]) -> Policy:
         tags=unique(t for p in policies for t in p.tags),
         keys=unique(t for p in policies for t in p.keys),
         on_fields=tuple((name, unique(ts)) for name, ts in on_fields.items()),
+        related=tuple(dict.fromkeys(r for p in policies for r in p.related)),
         tracked=tuple(dict.fromkeys(a for p in policies for a in p.tracked)),
         names=names,
     )
@@ -244,6 +308,25 @@ def _policy_from_declaration(
         if attname is not None:
             tracked[attname] = None
         on_fields.append((name, templates(f"on_fields[{field_name!r}]", value)))
+    related: list[Relation] = []
+    raw_related = declared.get("related", ())
+    if isinstance(raw_related, str) or not isinstance(raw_related, (list, tuple)):
+        problem(
+            "cache_invalidation.E003",
+            f"option 'related' must be a list of relation names, not "
+            f"{type(raw_related).__name__}.",
+            'Write for example "related": ["product"].',
+        )
+        raw_related = ()
+    for name in raw_related:
+        relation = resolver.relation(name)
+        if isinstance(relation, str):
+            problem("cache_invalidation.E007", f"related names {name!r}, {relation}",
+                    resolver.suggest_relation(name))
+            continue
+        related.append(relation)
+        if relation.forward:
+            tracked[relation.attname] = None
     if problems:
         return None, problems
     return (
@@ -252,6 +335,7 @@ def _policy_from_declaration(
             tags=tags,
             keys=keys,
             on_fields=tuple(on_fields),
+            related=tuple(related),
             tracked=tuple(tracked),
             names={att: resolver.name_of(att) for att in tracked},
         ),
@@ -321,6 +405,44 @@ class _FieldResolver:
         if name in self.m2m:
             return name, None
         return None
+
+    def relation(self, name: Any) -> Relation | str:
+        """The relation called ``name``, or why it cannot be one."""
+        if not isinstance(name, str):
+            return f"which is not a string but {type(name).__name__}."
+        meta = self.model._meta
+        try:
+            found = meta.get_field(name)
+        except Exception:
+            found = None
+        if found is None:
+            for rel in meta.related_objects:
+                if rel.get_accessor_name() == name:
+                    found = rel
+                    break
+        if found is None:
+            return f"which is no relation of {meta.label}."
+        if found.many_to_many:
+            return (
+                "a many-to-many relation; its changes arrive as m2m_changed events on both "
+                "sides already."
+            )
+        if not found.is_relation or found.related_model is None:
+            return f"which is a plain field of {meta.label}, not a relation."
+        if found.concrete:  # ForeignKey / OneToOneField held by this model
+            return Relation(name, found.related_model, found.attname, forward=True)
+        remote = found.field  # a reverse relation: the target holds the key
+        return Relation(name, found.related_model, remote.attname, forward=False)
+
+    def suggest_relation(self, name: Any) -> str:
+        meta = self.model._meta
+        choices = [f.name for f in meta.get_fields() if f.is_relation and not f.many_to_many
+                   and f.concrete]
+        choices += [r.get_accessor_name() or "" for r in meta.related_objects
+                    if not r.many_to_many]
+        close = difflib.get_close_matches(str(name), choices, n=1)
+        prefix = f"Did you mean {close[0]!r}? " if close else ""
+        return prefix + "Relations: " + (", ".join(sorted(choices)) or "none") + "."
 
     def suggest(self, name: Any) -> str:
         choices = ["pk", *self.by_attname, *self.m2m]

@@ -58,6 +58,8 @@ def resolve(
     old: Mapping[str, Any] | None,
     new: Mapping[str, Any] | None,
     changed: Iterable[str] | None,
+    *,
+    automatic: bool = True,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(tags, keys) for a change from ``old`` to ``new``.
 
@@ -76,8 +78,9 @@ def resolve(
             keys[template.render(values)] = None
     # Captured querysets of this model may include, exclude or order this row differently now:
     # any write reaches their collection tag; entries that loaded the row by key carry its own.
-    pks = dict.fromkeys(values.get("pk") for values in states)
-    tags.update(dict.fromkeys(automatic_tags(policy.model, pks)))
+    if automatic:
+        pks = dict.fromkeys(values.get("pk") for values in states)
+        tags.update(dict.fromkeys(automatic_tags(policy.model, pks)))
     return tuple(tags), tuple(keys)
 
 

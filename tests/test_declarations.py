@@ -41,7 +41,7 @@ def test_unknown_option_is_reported_with_a_suggestion():
     [problem] = problems_for(Thing)
     assert problem.id == "cache_invalidation.E002"
     assert problem.msg == "Thing.Meta.cache_invalidation: unknown option 'tag'."
-    assert problem.hint == "Did you mean 'tags'? Valid options are: tags, keys, on_fields."
+    assert problem.hint == "Did you mean 'tags'? Valid options are: tags, keys, on_fields, related."
 
 
 @isolate_apps("tests.testapp")

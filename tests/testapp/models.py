@@ -66,3 +66,43 @@ class Gadget(models.Model):
 
 class Undeclared(models.Model):
     name = models.CharField(max_length=20)
+
+
+class Publisher(models.Model):
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        cache_invalidation = {"tags": ["publisher:{pk}", "publisher-name:{name}"]}
+
+
+class Magazine(models.Model):
+    publisher = models.ForeignKey(Publisher, on_delete=models.CASCADE)
+    title = models.CharField(max_length=50)
+
+    class Meta:
+        cache_invalidation = {"tags": ["magazine:{pk}"], "related": ["publisher"]}
+
+
+class Issue(models.Model):
+    """Issue -> Magazine -> Publisher: a two-hop cascade."""
+
+    magazine = models.ForeignKey(Magazine, on_delete=models.CASCADE)
+    number = models.IntegerField()
+
+    class Meta:
+        cache_invalidation = {"tags": ["issue:{pk}"], "related": ["magazine"]}
+
+
+class Series(models.Model):
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        cache_invalidation = {"tags": ["series:{pk}"], "related": ["episodes"]}
+
+
+class Episode(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="episodes")
+    title = models.CharField(max_length=50)
+
+    class Meta:
+        cache_invalidation = {"tags": ["episode:{pk}"]}
