@@ -1,35 +1,55 @@
 """Apply a batch: drop its tags and keys from the cache, report the outcome. Used by every
-transport (inline for ``sync``, inside the Celery task for ``celery``)."""
+transport (inline for ``sync``, in the Celery task, by the outbox relay) and by replays."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
-from . import signals
+from . import dedup, metrics, signals
 from .events import InvalidationEvent, union
 from .tagging import TaggedCache
 
 logger = logging.getLogger("cache_invalidation")
 
 
-def apply_events(events: list[InvalidationEvent]) -> int:
-    """Invalidate the union of the events' tags and keys in one atomic call.
+def apply_events(
+    events: list[InvalidationEvent],
+    *,
+    tags: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
+    drains: Sequence[str] = (),
+) -> int:
+    """Invalidate the events' tags and keys (or the given remainder) in one atomic call.
 
-    Returns the number of entries deleted; raises whatever the cache raised, untouched, so the
-    caller decides between retrying and reporting.
+    Events whose id was already applied within ``DEDUP_WINDOW`` are skipped and counted as
+    ``duplicates``; ids are marked applied only after success. Returns the number of entries
+    deleted; raises whatever the cache raised (``PartialInvalidation`` says what is left), so
+    the caller decides between retrying and dead-lettering.
     """
-    tags, keys = union(events)
+    done = dedup.applied(e.id for e in events)
+    fresh = [e for e in events if e.id not in done]
+    if done:
+        metrics.incr("duplicates", len(events) - len(fresh))
+        logger.info("cache_invalidation: skipped %d event(s) already applied: %s",
+                    len(events) - len(fresh), sorted(done))
+    if events and not fresh and not drains:
+        return 0
+    if tags is None or keys is None:
+        tags, keys = union(fresh)
     started = time.monotonic()
-    deleted = TaggedCache().invalidate_many(tags, keys)
+    deleted = TaggedCache().invalidate_many(tags, keys, drains=drains)
     duration = time.monotonic() - started
+    dedup.mark(e.id for e in fresh)
+    metrics.incr("applied", len(fresh))
     logger.debug(
         "cache_invalidation: applied %d event(s), %d tag(s), %d key(s), %d entries deleted",
-        len(events), len(tags), len(keys), deleted,
-        extra={"event_ids": [e.id for e in events], "tags": list(tags), "keys": list(keys)},
+        len(fresh), len(tags), len(keys), deleted,
+        extra={"event_ids": [e.id for e in fresh], "tags": list(tags), "keys": list(keys)},
     )
     signals.invalidation_applied.send(
-        sender=None, events=events, deleted=deleted, duration=duration
+        sender=None, events=fresh, deleted=deleted, duration=duration
     )
     return deleted
 
@@ -37,8 +57,9 @@ def apply_events(events: list[InvalidationEvent]) -> int:
 def report_failure(
     events: list[InvalidationEvent], error: BaseException, stage: str, will_retry: bool
 ) -> None:
-    """Make a failure visible: an ERROR log carrying the events, and the signal."""
+    """Make a failure visible: a log record carrying the events, and the signal."""
     level = logging.WARNING if will_retry else logging.ERROR
+    metrics.incr("failed")
     logger.log(
         level,
         "cache_invalidation: %s of %d event(s) failed%s: %s; events: %s",

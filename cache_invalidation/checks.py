@@ -43,6 +43,7 @@ _POSITIVE_INTS = (
     "LEASE_TIMEOUT",
     "STALE_TTL",
     "MAX_RELATED_DEPTH",
+    "MAX_DELIVERIES",
 )
 
 

@@ -36,9 +36,15 @@ DEFAULTS: dict[str, Any] = {
     "STALE_TTL": 300,
     # How many hops a Meta "related" cascade follows (Review -> Product -> Category is 2).
     "MAX_RELATED_DEPTH": 3,
-    # Reserved for the dead-letter queue and deduplication (not used yet).
+    # A dead letter that failed this many attempts alerts: CRITICAL log, the dead_lettered
+    # signal and (with MAIL_ADMINS) an email to settings.ADMINS.
     "ALERT_AFTER_ATTEMPTS": 3,
+    "MAIL_ADMINS": True,
+    # Event ids already applied are remembered this long; redeliveries become no-ops.
     "DEDUP_WINDOW": 86400,
+    # A message delivered this many times to workers that died before finishing it is
+    # dead-lettered instead of being redelivered again (a poison message).
+    "MAX_DELIVERIES": 5,
 }
 
 TRANSPORTS = ("sync", "celery")

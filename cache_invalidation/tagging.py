@@ -242,9 +242,14 @@ class TaggedCache:
         """
         return self.backend.invalidate(_tags(tags), [])
 
-    def invalidate_many(self, tags: Sequence[str] = (), keys: Sequence[str] = ()) -> int:
-        """Drop tagged entries and plain keys in one atomic call (what the worker applies)."""
-        return self.backend.invalidate(_tags(tags), list(dict.fromkeys(keys)))
+    def invalidate_many(
+        self, tags: Sequence[str] = (), keys: Sequence[str] = (), drains: Sequence[str] = ()
+    ) -> int:
+        """Drop tagged entries and plain keys in one atomic call (what the worker applies).
+
+        ``drains`` finishes the cleanup that a :class:`~.backends.PartialInvalidation` left.
+        """
+        return self.backend.invalidate(_tags(tags), list(dict.fromkeys(keys)), drains)
 
     # async twins: the Django cache API is synchronous underneath; run it off the event loop.
     async def aget(self, key: str, default: Any = None) -> Any:

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .apply import apply_events, report_failure
+from .backends import PartialInvalidation
 from .conf import get_config
 from .events import InvalidEventError, decode_batch
 
@@ -44,34 +45,93 @@ def backoff(retries: int, config: dict[str, Any]) -> float:
     bind=True,
     name="cache_invalidation.apply_batch",
     acks_late=True,
+    reject_on_worker_lost=True,
     serializer="json",
     ignore_result=True,
 )
-def apply_batch(self: Any, payload: Any) -> int:
-    """Apply one published batch (a list of event dicts). Returns entries deleted."""
+def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int:
+    """Apply one published batch (a list of event dicts). Returns entries deleted.
+
+    Every way out ends applied, retried, or in the dead-letter queue: a malformed message is
+    dead-lettered at once; a Redis connection error or timeout is retried, then dead-lettered;
+    a message redelivered ``MAX_DELIVERIES`` times (its workers kept dying) is dead-lettered
+    instead of looping forever.
+    """
+    from . import deadletter
+    from .models import DeadLetter
+
+    config = get_config()
     try:
         events = decode_batch(payload)
     except InvalidEventError as exc:
-        # A malformed message will never succeed: report it, do not retry.
         report_failure([], exc, stage="decode", will_retry=False)
-        logger.error("cache_invalidation: dropped malformed message %r", payload)
+        deadletter.record(payload, DeadLetter.Reason.MALFORMED, exc)
         return 0
+    deliveries = _count_delivery(self.request)
+    if deliveries > int(config["MAX_DELIVERIES"]):
+        error = f"delivered {deliveries} times to workers that died before finishing it"
+        report_failure(events, RuntimeError(error), stage="apply", will_retry=False)
+        deadletter.record(events, DeadLetter.Reason.WORKER_LOST, error, attempts=deliveries)
+        return 0
+    attempts = self.request.retries + 1
     try:
-        return apply_events(events)
+        return apply_events(events, drains=drains or ())
+    except PartialInvalidation as exc:
+        return _retry_or_dead_letter(
+            self, events, exc.__cause__ or exc, config, attempts,
+            kwargs={"drains": exc.drains}, tags=(), keys=(), drains=exc.drains,
+        )
     except RETRYABLE as exc:
-        config = get_config()
-        will_retry = self.request.retries < int(config["MAX_RETRIES"])
-        report_failure(events, exc, stage="apply", will_retry=will_retry)
-        if will_retry:
-            raise self.retry(
-                exc=exc,
-                countdown=backoff(self.request.retries, config),
-                max_retries=int(config["MAX_RETRIES"]),
-            ) from exc
-        raise
+        return _retry_or_dead_letter(self, events, exc, config, attempts, drains=drains or ())
     except Exception as exc:
         report_failure(events, exc, stage="apply", will_retry=False)
-        raise
+        deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc, attempts=attempts,
+                          drains=drains or ())
+        return 0
+
+
+def _retry_or_dead_letter(
+    task: Any,
+    events: list[Any],
+    exc: BaseException,
+    config: dict[str, Any],
+    attempts: int,
+    kwargs: dict[str, Any] | None = None,
+    tags: Any = None,
+    keys: Any = None,
+    drains: Any = (),
+) -> int:
+    from . import deadletter
+    from .models import DeadLetter
+
+    will_retry = task.request.retries < int(config["MAX_RETRIES"])
+    report_failure(events, exc, stage="apply", will_retry=will_retry)
+    if will_retry:
+        raise task.retry(
+            exc=exc,
+            countdown=backoff(task.request.retries, config),
+            max_retries=int(config["MAX_RETRIES"]),
+            kwargs=kwargs if kwargs is not None else task.request.kwargs,
+        )
+    deadletter.record(events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc, attempts=attempts,
+                      tags=tags, keys=keys, drains=drains)
+    return 0
+
+
+def _count_delivery(request: Any) -> int:
+    """How many times this attempt of this message was started (1 on a first delivery).
+
+    Counted in the invalidation cache; if that is unreachable, 1 (the attempt fails anyway
+    and is retried)."""
+    from django.core.cache import caches
+
+    cache = caches[get_config()["CACHE_ALIAS"]]
+    key = f"ci:deliveries:{request.id}:{request.retries}"
+    try:
+        cache.add(key, 0, int(get_config()["DEDUP_WINDOW"]))
+        return int(cache.incr(key))
+    except Exception:
+        return 1
 
 
 @shared_task(name="cache_invalidation.prune_tag_index", ignore_result=True)

@@ -10,6 +10,7 @@ import redis
 from celery import Celery
 
 from cache_invalidation import TaggedCache, invalidate, no_invalidation, tagged_cache
+from cache_invalidation.models import DeadLetter
 from cache_invalidation.tasks import apply_batch
 from testproject.shop.models import Category, Product
 from tests.conftest import wait_for
@@ -63,12 +64,13 @@ def test_broker_down_at_commit_keeps_the_request_alive_and_reports(
     [failure] = recorder.failed
     assert failure["stage"] == "publish" and failure["will_retry"] is False
     assert failure["events"][0].id == book_event.id
-    [record] = [
-        r for r in caplog.records if r.levelno == logging.ERROR and r.name == "cache_invalidation"
-    ]
-    assert "publish of 1 event(s) failed" in record.getMessage()
+    [record] = [r for r in caplog.records if "publish of 1 event(s) failed" in r.getMessage()]
+    assert record.levelno == logging.ERROR
     assert book_event.id in record.getMessage()  # the event itself is in the log line
     assert recorder.published == []
+    [letter] = DeadLetter.objects.all()  # and it is durable: replayable later
+    assert letter.reason == "publish_failed" and letter.status == "pending"
+    assert letter.tags == ["will-not-arrive"] and letter.event_ids == [book_event.id]
 
 
 def test_redis_down_while_the_task_runs_retries_then_succeeds(
@@ -104,6 +106,9 @@ def test_malformed_message_is_reported_not_retried(celery_transport, recorder):
     [failure] = recorder.failed
     assert failure["stage"] == "decode" and failure["will_retry"] is False
     assert "'id' is required" in str(failure["error"])
+    assert wait_for(lambda: DeadLetter.objects.filter(reason="malformed").exists())
+    letter = DeadLetter.objects.get()
+    assert letter.events == [{"type": "x"}] and letter.attempts == 1
 
 
 def test_retries_stop_after_max_retries_with_an_error(celery_transport, recorder, caplog):
@@ -123,8 +128,10 @@ def test_retries_stop_after_max_retries_with_an_error(celery_transport, recorder
         event = invalidate(tags=["unreachable"])
         assert wait_for(lambda: len(recorder.failed) == 3, timeout=20)
     assert [f["will_retry"] for f in recorder.failed] == [True, True, False]
-    final = [
-        r for r in caplog.records if r.levelno == logging.ERROR and r.name == "cache_invalidation"
-    ]
-    assert final and event.id in final[-1].getMessage()
+    final = [r for r in caplog.records if "apply of 1 event(s) failed:" in r.getMessage()]
+    assert final[-1].levelno == logging.ERROR and event.id in final[-1].getMessage()
     assert recorder.applied == []
+    assert wait_for(lambda: DeadLetter.objects.exists())
+    [letter] = DeadLetter.objects.all()
+    assert (letter.reason, letter.attempts, letter.tags) == ("retries_exhausted", 3, ["unreachable"])
+    assert "ConnectionError" in letter.last_error

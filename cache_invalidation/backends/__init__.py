@@ -18,6 +18,17 @@ from typing import Any, Protocol
 MISSING: Any = object()
 
 
+class PartialInvalidation(Exception):
+    """The tags were invalidated and the keys deleted, but some large tags' member sets were
+    still being drained when the cache failed. ``drains`` names those sets: invalidating
+    again with ``drains=`` finishes them."""
+
+    def __init__(self, drains: list[str], deleted: int) -> None:
+        self.drains = drains
+        self.deleted = deleted
+        super().__init__(f"{len(drains)} tag set(s) left to drain after {deleted} deletions")
+
+
 @dataclass
 class Lookup:
     value: Any  # the cached value, or MISSING
@@ -56,5 +67,8 @@ class Backend(Protocol):
     def delete(self, key: str) -> bool:
         """Delete one key; True if it existed."""
 
-    def invalidate(self, tags: Sequence[str], keys: Sequence[str]) -> int:
-        """Drop every entry tagged with ``tags`` and the plain ``keys``; raise on failure."""
+    def invalidate(
+        self, tags: Sequence[str], keys: Sequence[str], drains: Sequence[str] = ()
+    ) -> int:
+        """Drop every entry tagged with ``tags`` and the plain ``keys``, and finish ``drains``
+        left by an earlier :class:`PartialInvalidation`; raise on failure."""

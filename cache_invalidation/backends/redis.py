@@ -32,7 +32,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import MISSING, Lookup
+from . import MISSING, Lookup, PartialInvalidation
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -233,24 +233,37 @@ class RedisTagBackend:
     def delete(self, key: str) -> bool:
         return bool(self._redis().delete(self._key(key)))
 
-    def invalidate(self, tags: Sequence[str], keys: Sequence[str]) -> int:
+    def invalidate(
+        self, tags: Sequence[str], keys: Sequence[str], drains: Sequence[str] = ()
+    ) -> int:
+        deleted = sum(self._drain(set_key) for set_key in drains)  # left by an earlier failure
         if not tags and not keys:
-            return 0
+            return deleted
         tag_keys, version_keys = self._tag_keys(tags)
         drain_prefix = self._key(f"ci:d:{uuid.uuid4().hex[:8]}:")
-        deleted, draining = self._run(
+        done, draining = self._run(
             _INVALIDATE,
             [self._key("ci:seq"), *tag_keys, *version_keys, *(self._key(k) for k in keys)],
             [len(tags), self._index_ttl_ms(), CHUNK, drain_prefix],
         )
-        deleted = int(deleted)
-        for set_key in draining:
-            while True:
-                removed, popped = self._run(_DRAIN, [set_key], [CHUNK])
-                deleted += int(removed)
-                if not int(popped):
-                    break
+        deleted += int(done)
+        # From here every tag is invalid for stores; what fails now is only the cleanup.
+        remaining = [d.decode() if isinstance(d, bytes) else str(d) for d in draining]
+        while remaining:
+            try:
+                deleted += self._drain(remaining[0])
+            except RedisError as exc:
+                raise PartialInvalidation(remaining, deleted) from exc
+            remaining.pop(0)
         return deleted
+
+    def _drain(self, set_key: str) -> int:
+        deleted = 0
+        while True:
+            removed, popped = self._run(_DRAIN, [set_key], [CHUNK])
+            deleted += int(removed)
+            if not int(popped):
+                return deleted
 
     # -- maintenance ----------------------------------------------------------------------
     def _tag_sets(self) -> Iterator[bytes]:

@@ -127,7 +127,9 @@ class StampBackend:
     def delete(self, key: str) -> bool:
         return bool(self.cache.delete(key))
 
-    def invalidate(self, tags: Sequence[str], keys: Sequence[str]) -> int:
+    def invalidate(
+        self, tags: Sequence[str], keys: Sequence[str], drains: Sequence[str] = ()
+    ) -> int:
         if tags:
             seq = self._bump()
             failed = self.cache.set_many({"ci:v:" + t: seq for t in tags}, self._ttl())

@@ -1,7 +1,8 @@
 """``TRANSPORT = "celery"``: one Celery task per committed batch, JSON only.
 
-If the broker cannot take the message, the failure is logged at ERROR with the events and sent
-as ``invalidation_failed`` (stage ``"publish"``); the user's request still succeeds.
+If the broker cannot take the message, the failure is logged at ERROR with the events, sent as
+``invalidation_failed`` (stage ``"publish"``) and written to the dead-letter queue; the user's
+request still succeeds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class CeleryTransport:
         try:
             apply_batch.apply_async(args=[encode_batch(events)], **options)
         except Exception as exc:
+            from .. import deadletter
+            from ..models import DeadLetter
+
             report_failure(events, exc, stage="publish", will_retry=False)
+            deadletter.record(events, DeadLetter.Reason.PUBLISH_FAILED, exc)
             return
         signals.invalidation_published.send(sender=None, events=events, transport=self.name)

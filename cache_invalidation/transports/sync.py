@@ -1,7 +1,8 @@
 """``TRANSPORT = "sync"``: apply right after commit, in the process that made the change.
 
 Good for development and for sites without Celery. No retries: if the cache is unreachable the
-failure is logged at ERROR and sent as ``invalidation_failed``; the request still succeeds.
+failure is logged at ERROR, sent as ``invalidation_failed`` and written to the dead-letter
+queue for replay; the request still succeeds.
 """
 
 from __future__ import annotations
@@ -19,4 +20,13 @@ class SyncTransport:
         try:
             apply_events(events)
         except Exception as exc:
+            from .. import deadletter
+            from ..backends import PartialInvalidation
+            from ..models import DeadLetter
+
             report_failure(events, exc, stage="apply", will_retry=False)
+            if isinstance(exc, PartialInvalidation):
+                deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc.__cause__ or exc,
+                                  tags=(), keys=(), drains=exc.drains)
+            else:
+                deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc)

@@ -1,0 +1,208 @@
+"""The dead-letter queue: the one place failed invalidations are written, alerted and replayed.
+
+:func:`record` is called when Celery's retries are exhausted, when publishing to the broker
+fails, for a malformed message, and when a message was delivered to dying workers too often.
+:func:`replay` is shared by ``manage.py replay_dead_letters``, the admin action and the
+Celery beat task; concurrent replays never process one row twice
+(``select_for_update(skip_locked=True)`` where the database supports it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from . import metrics, signals
+from .events import InvalidationEvent, InvalidEventError, decode_batch, union
+
+logger = logging.getLogger("cache_invalidation")
+
+
+def record(
+    events: Sequence[InvalidationEvent] | Any,
+    reason: str,
+    error: BaseException | str,
+    *,
+    attempts: int = 1,
+    tags: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
+    drains: Sequence[str] = (),
+) -> Any:
+    """Write one dead letter for a failed batch; returns the row (None if the database failed
+    too, in which case the events are logged at CRITICAL so they are never lost from view).
+
+    ``events`` are decoded events or, for a malformed message, the raw payload. ``tags`` and
+    ``keys`` default to everything the events name; pass the remainder after a partial failure.
+    """
+    from .models import DeadLetter
+
+    decoded = [e for e in events if isinstance(e, InvalidationEvent)] if isinstance(
+        events, (list, tuple)) else []
+    raw = [e.to_dict() if isinstance(e, InvalidationEvent) else e for e in events] if isinstance(
+        events, (list, tuple)) else [events]
+    if tags is None or keys is None:
+        tags, keys = union(decoded)
+    now = timezone.now()
+    affected = ",".join(sorted({e.entity_type or "manual" for e in decoded}))[:255]
+    try:
+        row = DeadLetter.objects.create(
+            events=raw,
+            tags=list(tags),
+            keys=list(keys),
+            drains=list(drains),
+            models_affected=affected,
+            reason=reason,
+            attempts=attempts,
+            first_failed_at=now,
+            last_failed_at=now,
+            next_attempt_at=now + _backoff(attempts),
+            last_error=_text(error),
+        )
+    except Exception as db_error:
+        logger.critical(
+            "cache_invalidation: could not write a dead letter (%s) for %s: %s; events: %s",
+            db_error, reason, _text(error), raw,
+        )
+        return None
+    metrics.incr("dead_lettered")
+    _alert(row, decoded, error)
+    return row
+
+
+def _text(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    return f"{type(error).__name__}: {error}"
+
+
+def _backoff(attempts: int) -> timedelta:
+    from .conf import get_config
+
+    config = get_config()
+    seconds = min(float(config["RETRY_BACKOFF_MAX"]),
+                  max(float(config["RETRY_BACKOFF"]), 1.0) * 2 ** attempts)
+    return timedelta(seconds=seconds)
+
+
+def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str) -> None:
+    from django.core.mail import mail_admins
+
+    from .conf import get_config
+
+    config = get_config()
+    message = (
+        f"cache_invalidation: dead letter #{row.pk} ({row.reason}) after {row.attempts} "
+        f"attempt(s): {_text(error)}; tags {row.tags}, keys {row.keys}"
+    )
+    if row.attempts < int(config["ALERT_AFTER_ATTEMPTS"]):
+        logger.error(message, extra={"dead_letter": row.pk})
+        return
+    logger.critical(message, extra={"dead_letter": row.pk})
+    signals.dead_lettered.send_robust(
+        sender=type(row), dead_letter=row, events=events, error=error
+    )
+    if config["MAIL_ADMINS"]:
+        mail_admins(
+            f"Cache invalidation dead letter #{row.pk}: {row.get_reason_display()}",
+            message + "\n\nReplay it with: manage.py replay_dead_letters --id " + str(row.pk),
+            fail_silently=True,
+        )
+
+
+@dataclass
+class ReplayResult:
+    replayed: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)  # locked by a concurrent replay, or done
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "replayed": len(self.replayed),
+            "failed": len(self.failed),
+            "skipped": len(self.skipped),
+            "replayed_ids": self.replayed,
+            "failed_ids": {str(k): v for k, v in self.failed.items()},
+            "skipped_ids": self.skipped,
+        }
+
+
+def pending(
+    ids: Iterable[int] | None = None,
+    older_than: timedelta | None = None,
+    due_only: bool = False,
+) -> Any:
+    """The pending dead letters matching the filters, oldest first."""
+    from .models import DeadLetter
+
+    rows = DeadLetter.objects.filter(status=DeadLetter.Status.PENDING)
+    if ids is not None:
+        rows = rows.filter(pk__in=list(ids))
+    if older_than is not None:
+        rows = rows.filter(first_failed_at__lte=timezone.now() - older_than)
+    if due_only:
+        rows = rows.filter(next_attempt_at__lte=timezone.now())
+    return rows.order_by("first_failed_at", "pk")
+
+
+def replay(
+    ids: Iterable[int],
+    progress: Callable[[int, bool], None] | None = None,
+) -> ReplayResult:
+    """Apply each dead letter now, in this process. A success marks it replayed; a failure
+    keeps it pending with one more attempt, the error and the next automatic replay time."""
+    from .apply import apply_events
+    from .models import DeadLetter
+
+    result = ReplayResult()
+    for pk in ids:
+        with transaction.atomic():
+            row = (
+                DeadLetter.objects.select_for_update(skip_locked=True)
+                .filter(pk=pk, status=DeadLetter.Status.PENDING)
+                .first()
+            )
+            if row is None:
+                result.skipped.append(pk)
+                if progress:
+                    progress(pk, False)
+                continue
+            try:
+                events = decode_batch(row.events)
+                if not (row.tags or row.keys or row.drains):
+                    raise InvalidEventError(["nothing to invalidate in this dead letter"])
+                apply_events(events, tags=row.tags, keys=row.keys, drains=row.drains)
+            except Exception as exc:
+                now = timezone.now()
+                row.attempts += 1
+                row.last_failed_at = now
+                row.last_error = _text(exc)
+                row.next_attempt_at = now + _backoff(row.attempts)
+                row.save(update_fields=["attempts", "last_failed_at", "last_error",
+                                        "next_attempt_at"])
+                result.failed[pk] = row.last_error
+                _alert(row, [], exc)
+                ok = False
+            else:
+                row.status = DeadLetter.Status.REPLAYED
+                row.resolved_at = timezone.now()
+                row.save(update_fields=["status", "resolved_at"])
+                result.replayed.append(pk)
+                ok = True
+        if progress:
+            progress(pk, ok)
+    return result
+
+
+def discard(ids: Iterable[int]) -> int:
+    """Mark pending dead letters discarded (nothing is invalidated); returns how many."""
+    from .models import DeadLetter
+
+    return DeadLetter.objects.filter(pk__in=list(ids), status=DeadLetter.Status.PENDING).update(
+        status=DeadLetter.Status.DISCARDED, resolved_at=timezone.now()
+    )
