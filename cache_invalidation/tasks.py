@@ -145,3 +145,19 @@ def prune_tag_index() -> dict[str, int]:
     result = TaggedCache().prune_index()
     logger.info("cache_invalidation: pruned the tag index: %s", result)
     return result
+
+
+@shared_task(name="cache_invalidation.replay_dead_letters", ignore_result=True)
+def replay_dead_letters(limit: int = 100) -> dict[str, Any]:
+    """Replay the pending dead letters whose next attempt is due (for Celery beat).
+
+    Each failure pushes that row's next attempt further out (exponential backoff capped at
+    ``RETRY_BACKOFF_MAX``), so an outage is not hammered.
+    """
+    from . import deadletter
+
+    due = list(deadletter.pending(due_only=True).values_list("pk", flat=True)[:limit])
+    result = deadletter.replay(due).as_dict()
+    if due:
+        logger.info("cache_invalidation: automatic replay: %s", result)
+    return result
