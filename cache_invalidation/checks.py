@@ -129,6 +129,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="cache_invalidation.W001",
                 )
             )
+    errors.extend(_check_visibility_timeout(config))
     transport = config["TRANSPORT"]
     if transport is not None and transport not in TRANSPORTS:
         errors.append(
@@ -140,3 +141,43 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     return errors
+
+
+def _broker() -> tuple[str, dict[str, Any]]:
+    url = getattr(settings, "CELERY_BROKER_URL", None) or ""
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None)
+    try:
+        from celery import current_app
+
+        url = url or current_app.conf.broker_url or ""
+        if options is None:
+            options = current_app.conf.broker_transport_options
+    except Exception:  # pragma: no cover - celery is a dependency
+        pass
+    return str(url), dict(options or {})
+
+
+def _check_visibility_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    """A retry countdown longer than the Redis broker's visibility timeout is redelivered to
+    another worker while the first still holds it: the task runs twice, and again, in a loop."""
+    from .conf import celery_broker_configured
+
+    if config["TRANSPORT"] not in (None, "celery") or not celery_broker_configured():
+        return []
+    url, options = _broker()
+    if not url.split("://", 1)[0] in ("redis", "rediss", "sentinel"):
+        return []
+    visibility = options.get("visibility_timeout", 3600)
+    backoff_max = config["RETRY_BACKOFF_MAX"]
+    if not isinstance(backoff_max, (int, float)) or backoff_max < visibility:
+        return []
+    return [
+        checks.Error(
+            f"CACHE_INVALIDATION['RETRY_BACKOFF_MAX'] ({backoff_max} s) is not below the Redis "
+            f"broker's visibility_timeout ({visibility} s): a retry that waits that long is "
+            "delivered again to another worker and runs twice, in a loop.",
+            hint="Lower RETRY_BACKOFF_MAX, or raise CELERY_BROKER_TRANSPORT_OPTIONS"
+            "['visibility_timeout'] above it.",
+            id="cache_invalidation.E013",
+        )
+    ]

@@ -60,3 +60,24 @@ def test_ignore_exceptions_warns(settings):
          "The cache 'swallowing' sets IGNORE_EXCEPTIONS: plain cache.delete() calls on it report "
          "success when Redis is down."),
     ]
+
+
+def test_retry_backoff_longer_than_the_visibility_timeout_is_refused(settings):
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "celery", "RETRY_BACKOFF_MAX": 900}
+    [message] = check_settings()
+    assert message.id == "cache_invalidation.E013"
+    assert message.msg == (
+        "CACHE_INVALIDATION['RETRY_BACKOFF_MAX'] (900 s) is not below the Redis broker's "
+        "visibility_timeout (600 s): a retry that waits that long is delivered again to "
+        "another worker and runs twice, in a loop."
+    )
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "celery", "RETRY_BACKOFF_MAX": 300}
+    assert check_settings() == []
+
+
+def test_visibility_timeout_is_irrelevant_for_amqp(settings):
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 10}
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "celery", "RETRY_BACKOFF_MAX": 900}
+    assert check_settings() == []
