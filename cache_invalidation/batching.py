@@ -14,6 +14,7 @@ end and never changes or removes any other.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +29,10 @@ _ATTR = "_cache_invalidation_batch"
 
 
 class Batch:
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str, outbox: bool = False) -> None:
         self.alias = alias
+        self.id = uuid.uuid4()
+        self.outbox = outbox
         self.entries: list[tuple[InvalidationEvent, Callable[[], None] | None]] = []
         self.committed: list[int] = []
 
@@ -46,7 +49,12 @@ class Batch:
         for _, after_commit in done:
             if after_commit is not None:
                 after_commit()
-        publish_now([event for event, _ in done])
+        if self.outbox:
+            from . import outbox
+
+            outbox.deliver_after_commit(self.id, self.alias)
+        else:
+            publish_now([event for event, _ in done])
 
 
 def publish_now(events: list[InvalidationEvent]) -> None:
@@ -91,8 +99,14 @@ def emit(
     """Publish ``event`` once the current transaction on ``using`` commits (now if none).
 
     ``after_commit`` runs just before publishing, only if the write committed (used to move an
-    instance's remembered state forward).
+    instance's remembered state forward). With ``TRANSPORT = "outbox"`` the event is also
+    written, now, as an :class:`~cache_invalidation.models.OutboxEvent` row in the same
+    transaction; after commit that batch is delivered at once when possible, and otherwise
+    by ``manage.py relay_outbox``.
     """
+    from .conf import get_config
+
+    use_outbox = get_config()["TRANSPORT"] == "outbox"
     connection = connections[using]
     if not connection.in_atomic_block:
         if not connection.get_autocommit():
@@ -103,23 +117,35 @@ def emit(
             )
         if after_commit is not None:
             after_commit()
-        publish_now([event])
+        if use_outbox:
+            from . import outbox
+
+            batch_id = uuid.uuid4()
+            outbox.write(event, batch_id, using)
+            outbox.deliver_after_commit(batch_id, using)
+        else:
+            publish_now([event])
         return
     batch: Batch | None = getattr(connection, _ATTR, None)
     hooks: list[Any] = connection.run_on_commit
-    if batch is None or not _keep_last(hooks, batch.flush):
+    fresh = batch is None or not _keep_last(hooks, batch.flush)
+    if fresh:
         # First event of this transaction, or the previous batch was rolled back whole
         # (its flusher is gone with its markers): start afresh.
-        batch = Batch(using)
+        batch = Batch(using, outbox=use_outbox)
         setattr(connection, _ATTR, batch)
-        batch.entries.append((event, after_commit))
-        transaction.on_commit(_Marker(batch, 0), using=using, robust=True)
-        transaction.on_commit(batch.flush, using=using, robust=True)
-        return
+    assert batch is not None
+    if use_outbox:
+        from . import outbox
+
+        outbox.write(event, batch.id, using)
     index = len(batch.entries)
     batch.entries.append((event, after_commit))
     transaction.on_commit(_Marker(batch, index), using=using, robust=True)
-    _keep_last(hooks, batch.flush)
+    if fresh:
+        transaction.on_commit(batch.flush, using=using, robust=True)
+    else:
+        _keep_last(hooks, batch.flush)
 
 
 class _Marker:

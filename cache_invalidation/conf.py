@@ -17,8 +17,12 @@ from django.dispatch import receiver
 DEFAULTS: dict[str, Any] = {
     # The Django cache that holds cached entries and the tag index.
     "CACHE_ALIAS": "default",
-    # "sync" | "celery"; None picks "celery" when a Celery broker is configured, else "sync".
+    # "sync" | "celery" | "outbox"; None picks "celery" when a Celery broker is configured,
+    # else "sync".
     "TRANSPORT": None,
+    # With "outbox": deliver a committed batch at once, in-process; the relay catches up on
+    # whatever that could not deliver (process died, cache down).
+    "OUTBOX_DELIVER_ON_COMMIT": True,
     # No entry written through the app lives longer than this many seconds.
     "MAX_TTL": 3600,
     # Celery retries of a failed invalidation: exponential backoff with full jitter.
@@ -47,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_DELIVERIES": 5,
 }
 
-TRANSPORTS = ("sync", "celery")
+TRANSPORTS = ("sync", "celery", "outbox")
 
 
 @lru_cache(maxsize=None)

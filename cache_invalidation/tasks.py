@@ -161,3 +161,14 @@ def replay_dead_letters(limit: int = 100) -> dict[str, Any]:
     if due:
         logger.info("cache_invalidation: automatic replay: %s", result)
     return result
+
+
+@shared_task(name="cache_invalidation.relay_outbox", ignore_result=True)
+def relay_outbox(limit: int = 500) -> dict[str, Any]:
+    """Deliver due outbox rows (for Celery beat, with ``TRANSPORT = "outbox"``)."""
+    from . import outbox
+
+    result = outbox.relay(limit=limit).as_dict()
+    if result["batches"] or result["failed"]:
+        logger.info("cache_invalidation: outbox relay: %s", result)
+    return result

@@ -16,6 +16,7 @@ from ..events import InvalidationEvent
 TRANSPORTS = {
     "sync": "cache_invalidation.transports.sync.SyncTransport",
     "celery": "cache_invalidation.transports.celery.CeleryTransport",
+    "outbox": "cache_invalidation.transports.outbox.OutboxTransport",
 }
 
 

@@ -1,0 +1,126 @@
+"""The transactional outbox (``TRANSPORT = "outbox"``): at-least-once delivery.
+
+Each event is written as an :class:`~.models.OutboxEvent` row in the same database
+transaction as the change, so it commits or rolls back with it. After commit the app tries to
+deliver that batch at once, in-process (``OUTBOX_DELIVER_ON_COMMIT``); if the process dies
+first, or the cache is down, the rows stay and :func:`relay` delivers them later:
+``manage.py relay_outbox`` (once, or as a loop) or the ``cache_invalidation.relay_outbox``
+Celery beat task. Rows are taken in ``select_for_update(skip_locked=True)`` batches, so any
+number of relays can run; a delivered row is deleted, a failing one is retried with backoff and
+dead-lettered after ``MAX_RETRIES``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.utils import timezone
+
+from .events import InvalidationEvent, InvalidEventError
+
+logger = logging.getLogger("cache_invalidation")
+
+
+def write(event: InvalidationEvent, batch: uuid.UUID, using: str) -> None:
+    from .models import OutboxEvent
+
+    OutboxEvent.objects.using(using).create(batch=batch, event=event.to_dict())
+
+
+def deliver_after_commit(batch: uuid.UUID, using: str) -> None:
+    """Called once the batch's transaction committed: deliver it now if configured to."""
+    from .conf import get_config
+
+    if get_config()["OUTBOX_DELIVER_ON_COMMIT"]:
+        relay(using=using, batch=batch)
+
+
+@dataclass
+class RelayResult:
+    batches: int = 0
+    events: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "events": self.events,
+            "failed": self.failed,
+            "dead_lettered": self.dead_lettered,
+        }
+
+
+def relay(
+    limit: int = 500, using: str = DEFAULT_DB_ALIAS, batch: uuid.UUID | None = None
+) -> RelayResult:
+    """Deliver up to ``limit`` due outbox rows (only ``batch``'s when given), batch by batch."""
+    from . import deadletter
+    from .apply import apply_events
+    from .conf import get_config
+    from .events import decode_batch
+    from .models import DeadLetter, OutboxEvent
+
+    result = RelayResult()
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        rows = OutboxEvent.objects.using(using).select_for_update(skip_locked=True)
+        rows = rows.filter(batch=batch) if batch is not None else rows.filter(available_at__lte=now)
+        groups: dict[uuid.UUID, list[Any]] = defaultdict(list)
+        for row in rows.order_by("created_at", "pk")[:limit]:
+            groups[row.batch].append(row)
+        for batch_id, members in groups.items():
+            ids = [row.pk for row in members]
+            try:
+                events = decode_batch([row.event for row in members])
+            except InvalidEventError as exc:
+                deadletter.record([row.event for row in members], DeadLetter.Reason.MALFORMED,
+                                  exc)
+                OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
+                result.dead_lettered += 1
+                continue
+            try:
+                apply_events(events)
+            except Exception as exc:
+                attempts = max(row.attempts for row in members) + 1
+                result.failed += 1
+                result.errors.append(f"{batch_id}: {type(exc).__name__}: {exc}")
+                if attempts > int(get_config()["MAX_RETRIES"]):
+                    deadletter.record(events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc,
+                                      attempts=attempts)
+                    OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
+                    result.dead_lettered += 1
+                    continue
+                from .tasks import backoff
+
+                OutboxEvent.objects.using(using).filter(pk__in=ids).update(
+                    attempts=attempts,
+                    last_error=f"{type(exc).__name__}: {exc}",
+                    available_at=now + timedelta(seconds=backoff(attempts - 1, get_config())),
+                )
+                logger.warning("cache_invalidation: outbox batch %s failed (attempt %d): %s",
+                               batch_id, attempts, exc)
+                continue
+            OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
+            result.batches += 1
+            result.events += len(events)
+    return result
+
+
+def backlog(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
+    """How many rows wait, and the age in seconds of the oldest (None when empty)."""
+    from django.db.models import Count, Min
+
+    from .models import OutboxEvent
+
+    summary = OutboxEvent.objects.using(using).aggregate(rows=Count("pk"), oldest=Min("created_at"))
+    oldest = summary["oldest"]
+    age = (timezone.now() - oldest).total_seconds() if oldest else None
+    return {"rows": summary["rows"], "oldest_age": age}
