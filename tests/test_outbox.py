@@ -119,7 +119,6 @@ def test_process_killed_right_after_commit_is_delivered_by_the_relay(tmp_path, r
         import os, django
         django.setup()
         from django.core.management import call_command
-from django.core.management.base import CommandError
         from django.db import transaction
         from cache_invalidation import no_invalidation, tagged_cache
         from testproject.shop.models import Category, Product
