@@ -74,6 +74,12 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
         deadletter.record(events, DeadLetter.Reason.WORKER_LOST, error, attempts=deliveries)
         return 0
     attempts = self.request.retries + 1
+    logger.info(
+        "cache_invalidation: applying %d event(s) (attempt %d, delivery %d): tags %s, keys %s",
+        len(events), attempts, deliveries,
+        sorted({t for e in events for t in e.tags}), sorted({k for e in events for k in e.keys}),
+        extra={"event_ids": [e.id for e in events], "task_id": self.request.id},
+    )
     try:
         return apply_events(events, drains=drains or ())
     except PartialInvalidation as exc:
