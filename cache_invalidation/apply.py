@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from . import dedup, metrics, signals
+from . import dedup, metrics, signals, storm
 from .events import InvalidationEvent, union
 from .tagging import TaggedCache
 
@@ -37,7 +37,7 @@ def apply_events(
     if events and not fresh and not drains:
         return 0
     if tags is None or keys is None:
-        tags, keys = union(fresh)
+        tags, keys = union(storm.control(fresh))
     started = time.monotonic()
     deleted = TaggedCache().invalidate_many(tags, keys, drains=drains)
     duration = time.monotonic() - started

@@ -33,12 +33,13 @@ class CacheInvalidationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, registry
+        from . import checks, registry, storm
 
         checks.register()
         built = registry.build(apps.get_models())
         registry.registry.policies = built.policies
         registry.registry.problems = built.problems
+        storm.reset()
         connect(built.policies)
 
 

@@ -44,6 +44,8 @@ _POSITIVE_INTS = (
     "STALE_TTL",
     "MAX_RELATED_DEPTH",
     "MAX_DELIVERIES",
+    "MAX_TAGS_PER_EVENT",
+    "RATE_LIMIT_WINDOW",
 )
 
 
@@ -82,15 +84,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="cache_invalidation.E010",
                 )
             )
-    value = config["MAX_RETRIES"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        errors.append(
-            checks.Error(
-                f"CACHE_INVALIDATION['MAX_RETRIES'] must be an integer >= 0, got {value!r}.",
-                hint=f"The default is {DEFAULTS['MAX_RETRIES']!r}.",
-                id="cache_invalidation.E010",
+    for key in ("MAX_RETRIES", "MODEL_RATE_LIMIT"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            errors.append(
+                checks.Error(
+                    f"CACHE_INVALIDATION[{key!r}] must be an integer >= 0, got {value!r}.",
+                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    id="cache_invalidation.E010",
+                )
             )
-        )
     for key in ("RETRY_BACKOFF", "LEASE_WAIT"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -40,6 +40,12 @@ DEFAULTS: dict[str, Any] = {
     "STALE_TTL": 300,
     # How many hops a Meta "related" cascade follows (Review -> Product -> Category is 2).
     "MAX_RELATED_DEPTH": 3,
+    # Storm control: an event deriving more tags than this, or a model publishing more events
+    # than MODEL_RATE_LIMIT per RATE_LIMIT_WINDOW seconds (0: no limit), is escalated to the
+    # model's coarse tag.
+    "MAX_TAGS_PER_EVENT": 1000,
+    "MODEL_RATE_LIMIT": 5000,
+    "RATE_LIMIT_WINDOW": 1,
     # A dead letter that failed this many attempts alerts: CRITICAL log, the dead_lettered
     # signal and (with MAIL_ADMINS) an email to settings.ADMINS.
     "ALERT_AFTER_ATTEMPTS": 3,

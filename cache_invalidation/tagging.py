@@ -70,6 +70,13 @@ def _config() -> dict[str, Any]:
     return get_config()
 
 
+def _with_coarse(tags: list[str]) -> list[str]:
+    """Add the coarse tags storm control may invalidate instead (see :mod:`.storm`)."""
+    from .storm import coarse_tags_for
+
+    return tags + [t for t in coarse_tags_for(tags) if t not in tags]
+
+
 def _tags(tags: Iterable[str] | None) -> list[str]:
     if tags is None:
         return []
@@ -123,7 +130,7 @@ class TaggedCache:
     ) -> bool:
         """Store ``value`` tagged with ``tags``. ``timeout`` is capped at ``MAX_TTL``
         (``None`` means ``MAX_TTL``). Returns whether it was stored."""
-        return self.backend.store(key, value, _tags(tags), self._timeout(timeout))
+        return self.backend.store(key, value, _with_coarse(_tags(tags)), self._timeout(timeout))
 
     def index_stats(self) -> dict[str, int]:
         """Size of the tag index (Redis): tag sets, members, dead members. Scans; not for hot
@@ -222,7 +229,7 @@ class TaggedCache:
         lease: str | None,
         keep_stale: bool,
     ) -> bool:
-        all_tags = tags + sorted(captured.difference(tags))
+        all_tags = _with_coarse(tags + sorted(captured.difference(tags)))
         stale_ttl = int(_config()["STALE_TTL"]) if keep_stale else 0
         return self.backend.store(
             key, value, all_tags, self._timeout(timeout), since, lease, stale_ttl

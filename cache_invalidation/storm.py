@@ -1,0 +1,174 @@
+"""Storm control: a cascade must not turn into millions of deletes.
+
+Every entry stored through ``tagged_cache`` also carries the *coarse tag* (``"<label>:#"``)
+of each declared model whose templates could have produced one of its tags (and of the model
+named by an automatic tag). Invalidating a model's coarse tag therefore drops every entry that
+any change of that model could reach, in one tag.
+
+When applying a batch, an event is *escalated* to the coarse tags of the models it concerns
+(its keys are still deleted one by one) when
+
+- it derives more than ``MAX_TAGS_PER_EVENT`` tags (a bulk update of 100,000 rows), or
+- its model published more than ``MODEL_RATE_LIMIT`` events within ``RATE_LIMIT_WINDOW``
+  seconds across all processes (a runaway loop or cascade).
+
+Each escalation logs a WARNING and counts in the ``escalated`` counter. Escalating
+over-invalidates (more entries recomputed), never under-invalidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any
+
+from . import metrics
+from .events import InvalidationEvent
+
+logger = logging.getLogger("cache_invalidation")
+
+
+def coarse_tag(label: str) -> str:
+    return f"{label}:#"
+
+
+@lru_cache(maxsize=1)
+def _patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    from .registry import registry
+
+    found: dict[str, list[str]] = {}
+    for model, policy in registry.policies.items():
+        label = (model._meta.concrete_model or model)._meta.label
+        parts = found.setdefault(label, [re.escape(label) + r":.*"])
+        templates = [*policy.tags, *(t for _, ts in policy.on_fields for t in ts)]
+        for template in templates:
+            pattern = "".join(
+                re.escape(literal) + ("" if name is None else _value_pattern(model, name))
+                for literal, name in template.parts
+            )
+            parts.append(pattern)
+    return tuple(
+        (label, re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(parts)), re.DOTALL))
+        for label, parts in found.items()
+    )
+
+
+def _value_pattern(model: Any, name: str) -> str:
+    """What a rendered field value can look like: digits for integer keys, else anything."""
+    from django.db import models
+
+    meta = model._meta
+    field = meta.pk if name == "pk" else next(
+        (f for f in meta.concrete_fields if f.attname == name), None)
+    while field is not None and field.is_relation:
+        field = field.target_field
+    if isinstance(field, (models.IntegerField, models.AutoField)):
+        return r"-?\d+"
+    return ".*"
+
+
+def reset() -> None:
+    _patterns.cache_clear()
+
+
+def coarse_tags_for(tags: Iterable[str]) -> list[str]:
+    """The coarse tags an entry with ``tags`` must also carry."""
+    labels: dict[str, None] = {}
+    tag_list = [t for t in tags if not t.endswith(":#")]
+    for label, pattern in _patterns():
+        if any(pattern.fullmatch(tag) for tag in tag_list):
+            labels[label] = None
+    return [coarse_tag(label) for label in labels]
+
+
+def control(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
+    """Escalate the events that exceed the tag cap or their model's rate limit."""
+    from .conf import get_config
+
+    config = get_config()
+    cap = int(config["MAX_TAGS_PER_EVENT"])
+    over_rate = _over_rate(events, int(config["MODEL_RATE_LIMIT"]),
+                           int(config["RATE_LIMIT_WINDOW"]))
+    result = []
+    for event in events:
+        reason = None
+        if len(event.tags) > cap:
+            reason = f"{len(event.tags)} tags exceed MAX_TAGS_PER_EVENT ({cap})"
+        elif event.entity_type and event.entity_type in over_rate:
+            reason = f"{event.entity_type} is over MODEL_RATE_LIMIT"
+        result.append(_escalate(event, reason) if reason else event)
+    return result
+
+
+def _escalate(event: InvalidationEvent, reason: str) -> InvalidationEvent:
+    coarse = _coarse_for_event(event)
+    logger.warning(
+        "cache_invalidation: escalated event %s (%s) to %s: %s",
+        event.id, event.type, coarse, reason,
+        extra={"event_ids": [event.id]},
+    )
+    metrics.incr("escalated")
+    return replace(event, tags=tuple(coarse),
+                   metadata={**event.metadata, "escalated": reason})
+
+
+def _coarse_for_event(event: InvalidationEvent) -> list[str]:
+    from django.apps import apps
+
+    from .registry import registry
+
+    labels: dict[str, None] = {}
+    if event.entity_type:
+        try:
+            model: Any = apps.get_model(event.entity_type)
+        except (LookupError, ValueError):
+            model = None
+        pending = [model] if model is not None else []
+        while pending:
+            current = pending.pop()
+            label = (current._meta.concrete_model or current)._meta.label
+            if label in labels:
+                continue
+            labels[label] = None
+            policy = registry.get(current)
+            if policy is not None:
+                pending.extend(r.target for r in policy.related)
+    tags = [coarse_tag(label) for label in labels]
+    if not tags or not event.entity_type:
+        # A manual event: find the models its tags belong to (sampled: the cap is large).
+        tags = list(dict.fromkeys([*tags, *coarse_tags_for(event.tags[:1000])]))
+    return tags
+
+
+def _over_rate(events: list[InvalidationEvent], limit: int, window: int) -> set[str]:
+    """Models whose event count in the current window passed ``limit`` (0: no limit)."""
+    if limit <= 0:
+        return set()
+    from django.core.cache import caches
+
+    from .conf import get_config
+
+    counts = Counter()
+    for event in events:
+        if event.entity_type:
+            counts[event.entity_type] += int(event.metadata.get("rows", 1) or 1)
+    if not counts:
+        return set()
+    cache = caches[get_config()["CACHE_ALIAS"]]
+    slot = int(time.time() // window)
+    over = set()
+    for label, amount in counts.items():
+        key = f"ci:rate:{label}:{slot}"
+        try:
+            cache.add(key, 0, window * 2)
+            total = int(cache.incr(key, amount))
+        except Exception:
+            continue  # no rate information: do not escalate
+        if total > limit:
+            over.add(label)
+    return over

@@ -1,0 +1,64 @@
+"""Storm control: too many tags, or too many events of one model, escalate to a coarse tag."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from cache_invalidation import invalidate, metrics, no_invalidation, tagged_cache
+from cache_invalidation.storm import coarse_tags_for
+from testproject.shop.models import Category, Product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_entries_carry_the_coarse_tags_of_the_models_their_tags_come_from():
+    assert coarse_tags_for(["category:3:products"]) == ["shop.Product:#"]
+    assert coarse_tags_for(["product:7"]) == ["shop.Product:#", "shop.Review:#"]
+    assert coarse_tags_for(["shop.Category:4"]) == ["shop.Category:#"]
+    assert coarse_tags_for(["unrelated"]) == []
+
+
+def test_an_event_with_too_many_tags_is_escalated(settings, caplog):
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 100}
+    tagged_cache.set("page-7", "x", tags=["product:7"])
+    tagged_cache.set("other", "y", tags=["unrelated"])
+    before = metrics.read()["escalated"]
+    with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
+        event = invalidate(tags=[f"product:{i}" for i in range(1, 501)])
+    assert tagged_cache.get("page-7") is None  # reached through the coarse tag
+    assert tagged_cache.get("other") == "y"
+    assert metrics.read()["escalated"] == before + 1
+    [record] = [r for r in caplog.records if "escalated" in r.getMessage()]
+    assert record.getMessage() == (
+        f"cache_invalidation: escalated event {event.id} (manual) to "
+        "['shop.Product:#', 'shop.Review:#']: 500 tags exceed MAX_TAGS_PER_EVENT (100)"
+    )
+
+
+def test_a_model_over_its_rate_limit_is_escalated(settings, caplog):
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MODEL_RATE_LIMIT": 3,
+                                   "RATE_LIMIT_WINDOW": 60}
+    with no_invalidation():
+        category = Category.objects.create(name="c", slug="c")
+        products = [Product.objects.create(name=str(i), price=Decimal(1), category=category)
+                    for i in range(6)]
+    bystander = products[5]
+    tagged_cache.set("bystander", "x", tags=[f"product:{bystander.pk}"])
+    with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
+        for product in products[:3]:
+            product.save()
+        assert tagged_cache.get("bystander") == "x"  # within the limit: precise
+        products[3].save()  # the fourth event in the window
+    assert tagged_cache.get("bystander") is None  # escalated: the whole model's entries
+    assert any("shop.Product is over MODEL_RATE_LIMIT" in r.getMessage() for r in caplog.records)
+
+
+def test_limits_can_be_turned_off(settings):
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MODEL_RATE_LIMIT": 0}
+    tagged_cache.set("bystander", "x", tags=["product:999"])
+    for i in range(5):
+        invalidate(tags=[f"product:{i}"])
+    assert tagged_cache.get("bystander") == "x"
