@@ -37,7 +37,7 @@ from . import MISSING, Lookup, PartialInvalidation
 logger = logging.getLogger("cache_invalidation")
 
 #: Members deleted per script call: well under a millisecond of Redis time.
-CHUNK = 500
+CHUNK = 200
 
 # KEYS: value, seq, lease, stale. ARGV: want lease, token, lease ttl ms, want stale.
 _LOOKUP = """
