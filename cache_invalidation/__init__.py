@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "InvalidationEvent",
     "InvalidEventError",
+    "InvalidationEvent",
     "TaggedCache",
+    "cache_page_tagged",
     "cached",
     "invalidate",
     "no_invalidation",
@@ -25,6 +26,7 @@ _LAZY = {
     "InvalidEventError": "cache_invalidation.events",
     "TaggedCache": "cache_invalidation.tagging",
     "tagged_cache": "cache_invalidation.tagging",
+    "cache_page_tagged": "cache_invalidation.decorators",
     "cached": "cache_invalidation.api",
     "invalidate": "cache_invalidation.api",
     "no_invalidation": "cache_invalidation.suspend",
@@ -32,6 +34,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .api import cached, invalidate
+    from .decorators import cache_page_tagged
     from .events import InvalidationEvent, InvalidEventError
     from .suspend import no_invalidation
     from .tagging import TaggedCache, tagged_cache

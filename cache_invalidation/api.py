@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from asgiref.sync import iscoroutinefunction
 from django.db import DEFAULT_DB_ALIAS
 
 from .batching import emit
@@ -54,19 +55,42 @@ def cached(
 
     ``tags`` is a list of strings or a callable taking the function's arguments and returning
     one. Arguments must be JSON-serialisable (others are keyed by ``str()``). Stores through
-    ``get_or_set``, so a result computed across an invalidation is not stored.
+    ``get_or_set``, so a result computed across an invalidation is not stored. A coroutine
+    function gets an async wrapper that goes through ``aget_or_set`` (``tags`` stays a plain
+    callable, run on the event loop). Raises ``TypeError`` at decoration when ``tags`` is a
+    string.
     """
+    if isinstance(tags, str):
+        raise TypeError(f"cached(tags=...) takes a list of tags, not the string {tags!r}")
 
     def decorate(func: F) -> F:
         prefix = key_prefix or f"cached:{func.__module__}.{func.__qualname__}"
+
+        def key_and_tags(args: Any, kwargs: Any) -> tuple[str, list[str]]:
+            raw = json.dumps([args, kwargs], sort_keys=True, default=str)
+            key = f"{prefix}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
+            return key, list(tags(*args, **kwargs) if callable(tags) else tags)
+
+        if iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                from .tagging import tagged_cache
+
+                key, tag_list = key_and_tags(args, kwargs)
+
+                async def compute() -> Any:
+                    return await func(*args, **kwargs)
+
+                return await tagged_cache.aget_or_set(key, compute, tags=tag_list, timeout=timeout)
+
+            return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             from .tagging import tagged_cache
 
-            raw = json.dumps([args, kwargs], sort_keys=True, default=str)
-            key = f"{prefix}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
-            tag_list = list(tags(*args, **kwargs) if callable(tags) else tags)
+            key, tag_list = key_and_tags(args, kwargs)
             return tagged_cache.get_or_set(
                 key, lambda: func(*args, **kwargs), tags=tag_list, timeout=timeout
             )
