@@ -64,6 +64,13 @@ def is_django_redis(cache: Any) -> bool:
     return isinstance(cache, RedisCache) and hasattr(cache.client, "get_client")
 
 
+def record_outer(tags: list[str]) -> None:
+    """Tell an enclosing capture (if any) about an inner entry's explicit tags."""
+    from .capture import record
+
+    record(tags)
+
+
 def _config() -> dict[str, Any]:
     from .conf import get_config
 
@@ -174,11 +181,16 @@ class TaggedCache:
         token = uuid.uuid4().hex if lease else None
         deadline: float | None = None
         pause = 0.005
+        from .capture import is_active, record
+
+        nested = is_active()
         while True:
             found = self.backend.lookup(
-                key, token, config["LEASE_TIMEOUT"], stale_while_revalidate
+                key, token, config["LEASE_TIMEOUT"], stale_while_revalidate, nested
             )
             if found.value is not MISSING:
+                if nested:  # an enclosing computation depends on everything this entry does
+                    record(found.tags or tag_list)
                 return found.value
             if found.leased or token is None:
                 held = token if found.leased else None
@@ -216,6 +228,7 @@ class TaggedCache:
                 self.backend.release(key, lease)
             raise
         self._store_computed(key, value, tags, captured, timeout, since, lease, keep_stale)
+        record_outer(tags)
         return value
 
     def _store_computed(
@@ -291,9 +304,15 @@ class TaggedCache:
         lookup = sync_to_async(self.backend.lookup, thread_sensitive=False)
         deadline: float | None = None
         pause = 0.005
+        from .capture import is_active, record
+
+        nested = is_active()
         while True:
-            found = await lookup(key, token, config["LEASE_TIMEOUT"], stale_while_revalidate)
+            found = await lookup(key, token, config["LEASE_TIMEOUT"], stale_while_revalidate,
+                                 nested)
             if found.value is not MISSING:
+                if nested:
+                    record(found.tags or tag_list)
                 return found.value
             held = token if found.leased else None
             if not (found.leased or token is None):
@@ -322,6 +341,7 @@ class TaggedCache:
                 key, value, tag_list, captured, timeout, found.since, held,
                 stale_while_revalidate,
             )
+            record(tag_list)
             return value
 
     async def adelete(self, key: str) -> bool:

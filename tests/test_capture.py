@@ -131,3 +131,27 @@ def test_multi_table_rows_carry_parent_tags():
     parent.title = "E"
     parent.save()
     assert tagged_cache.get("ebook") is None
+
+
+@pytest.mark.parametrize("alias", ["default", "locmem"])
+def test_an_outer_entry_depends_on_an_inner_entrys_tags_on_hit_and_miss(lamps, alias, settings):
+    """A page that embeds a cached fragment must go when the fragment's tags do, whether the
+    fragment was computed during the page's computation or found in the cache."""
+    from cache_invalidation import TaggedCache
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "CACHE_ALIAS": alias}
+    cache = TaggedCache(alias)
+    _, arc = lamps
+
+    def fragment():
+        return cache.get_or_set("fragment", lambda: Product.objects.get(pk=arc.pk).name,
+                                tags=["fragment-tag"])
+
+    fragment()  # the fragment is cached first: the page will see a hit
+    assert cache.get_or_set("page", lambda: "<" + fragment() + ">") == "<Arc>"
+    cache.invalidate_tags(["fragment-tag"])  # the fragment's explicit tag
+    assert cache.get("page") is None
+    assert cache.get_or_set("page", lambda: "<" + fragment() + ">") == "<Arc>"  # a miss inside
+    arc.name = "Arc 2"
+    arc.save()  # the fragment's captured dependency
+    assert cache.get("page") is None

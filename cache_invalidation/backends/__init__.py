@@ -12,7 +12,7 @@ tags need not be known before computing, so tags captured while computing are ch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 MISSING: Any = object()
@@ -35,15 +35,19 @@ class Lookup:
     since: int  # the invalidation sequence at the time of the lookup
     leased: bool = False  # this caller holds the lease to compute the value
     stale: Any = MISSING  # the last value stored with keep_stale, even if since invalidated
+    tags: list[str] = field(default_factory=list)  # a hit's tags, when asked for
 
 
 class Backend(Protocol):
     def get(self, key: str) -> Any:
         """The stored value, or :data:`MISSING`."""
 
-    def lookup(self, key: str, lease: str | None, lease_ttl: float, stale: bool) -> Lookup:
+    def lookup(
+        self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
+    ) -> Lookup:
         """Read ``key``; on a miss, try to take the compute lease when ``lease`` (a token)
-        is given, and return the stale copy when ``stale``. One round trip on Redis."""
+        is given, and return the stale copy when ``stale``; on a hit, with ``tags``, also the
+        entry's tags. One round trip on Redis."""
 
     def store(
         self,

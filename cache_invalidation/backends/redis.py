@@ -39,22 +39,28 @@ logger = logging.getLogger("cache_invalidation")
 #: Members deleted per script call: well under a millisecond of Redis time.
 CHUNK = 200
 
-# KEYS: value, seq, lease, stale. ARGV: want lease, token, lease ttl ms, want stale.
+# KEYS: value, seq, lease, stale, tag list. ARGV: want lease, token, lease ttl ms, want stale,
+# want tags (the entry's tags, for an enclosing capture).
 _LOOKUP = """
 local value = redis.call('GET', KEYS[1])
 local since = redis.call('GET', KEYS[2]) or '0'
-if value then return {value, since, 0, false} end
+if value then
+  local tags = false
+  if ARGV[5] == '1' then tags = redis.call('GET', KEYS[5]) end
+  return {value, since, 0, false, tags}
+end
 local leased = 0
 if ARGV[1] == '1' and redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
   leased = 1
 end
 local stale = false
 if ARGV[4] == '1' then stale = redis.call('GET', KEYS[4]) end
-return {false, since, leased, stale}
+return {false, since, leased, stale, false}
 """
 
-# KEYS: value, lease, stale, n tag sets, n versions.
-# ARGV: value, ttl ms, index ttl ms, n, since ('' = unconditional), token, stale ttl ms.
+# KEYS: value, lease, stale, tag list, n tag sets, n versions.
+# ARGV: value, ttl ms, index ttl ms, n, since ('' = unconditional), token, stale ttl ms,
+# the tags joined by newlines (kept beside the value so a nested capture can learn them).
 _STORE = """
 local n = tonumber(ARGV[4])
 local function release()
@@ -63,14 +69,15 @@ end
 if ARGV[5] ~= '' then
   local since = tonumber(ARGV[5])
   for i = 1, n do
-    local version = redis.call('GET', KEYS[3 + n + i])
+    local version = redis.call('GET', KEYS[4 + n + i])
     if version and tonumber(version) > since then release() return 0 end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if tonumber(ARGV[7]) > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7]) end
+if n > 0 then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[2]) else redis.call('DEL', KEYS[4]) end
 for i = 1, n do
-  local set = KEYS[3 + i]
+  local set = KEYS[4 + i]
   for _, member in ipairs(redis.call('SRANDMEMBER', set, 2)) do
     if member ~= KEYS[1] and redis.call('EXISTS', member) == 0 then
       redis.call('SREM', set, member)
@@ -180,17 +187,22 @@ class RedisTagBackend:
                 return MISSING
             raise
 
-    def lookup(self, key: str, lease: str | None, lease_ttl: float, stale: bool) -> Lookup:
+    def lookup(
+        self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
+    ) -> Lookup:
         keys = [self._key(key), self._key("ci:seq"), self._key("ci:l:" + key),
-                self._key("ci:s:" + key)]
-        args = ["1" if lease else "0", lease or "", int(lease_ttl * 1000), "1" if stale else "0"]
+                self._key("ci:s:" + key), self._key("ci:m:" + key)]
+        args = ["1" if lease else "0", lease or "", int(lease_ttl * 1000), "1" if stale else "0",
+                "1" if tags else "0"]
         try:
-            value, since, leased, stale_raw = self._run(_LOOKUP, keys, args)
+            value, since, leased, stale_raw, tag_list = self._run(_LOOKUP, keys, args)
         except RedisError as exc:
             if self._tolerate(exc, "get"):
                 return Lookup(MISSING, 0)
             raise
-        return Lookup(self._decode(value), int(since), bool(leased), self._decode(stale_raw))
+        found = tag_list.decode().split("\n") if tag_list else []
+        return Lookup(self._decode(value), int(since), bool(leased), self._decode(stale_raw),
+                      found)
 
     def store(
         self,
@@ -204,7 +216,7 @@ class RedisTagBackend:
     ) -> bool:
         tag_keys, version_keys = self._tag_keys(tags)
         keys = [self._key(key), self._key("ci:l:" + key), self._key("ci:s:" + key),
-                *tag_keys, *version_keys]
+                self._key("ci:m:" + key), *tag_keys, *version_keys]
         args = [
             self.client_wrapper.encode(value),
             timeout * 1000,
@@ -213,6 +225,7 @@ class RedisTagBackend:
             "" if since is None else since,
             lease or "",
             (timeout + keep_stale) * 1000 if keep_stale else 0,
+            "\n".join(tags),
         ]
         try:
             return bool(self._run(_STORE, keys, args))

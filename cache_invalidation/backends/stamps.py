@@ -76,11 +76,15 @@ class StampBackend:
     def get(self, key: str) -> Any:
         return self._unwrap(self.cache.get(key))
 
-    def lookup(self, key: str, lease: str | None, lease_ttl: float, stale: bool) -> Lookup:
+    def lookup(
+        self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
+    ) -> Lookup:
         since = self._seq()
-        value = self._unwrap(self.cache.get(key))
+        raw = self.cache.get(key)
+        value = self._unwrap(raw)
         if value is not MISSING:
-            return Lookup(value, since)
+            found = list(raw.versions) if tags and isinstance(raw, Stamped) else []
+            return Lookup(value, since, tags=found)
         leased = bool(lease) and self.cache.add("ci:l:" + key, lease, max(1, round(lease_ttl)))
         stale_value = self.cache.get("ci:s:" + key, MISSING) if stale else MISSING
         return Lookup(MISSING, since, leased, stale_value)
