@@ -53,15 +53,17 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 
 _database_url = os.environ.get("DATABASE_URL")
+# Lets two suites run at once against one PostgreSQL server (each creates its own database).
+_suffix = os.environ.get("TEST_DB_SUFFIX", "")
 if _database_url:
     DATABASES = {
         "default": {
             **dj_database_url.parse(_database_url),
-            "TEST": {"NAME": "test_cache_invalidation"},
+            "TEST": {"NAME": "test_cache_invalidation" + _suffix},
         },
         "other": {
             **dj_database_url.parse(_database_url),
-            "TEST": {"NAME": "test_cache_invalidation_other"},
+            "TEST": {"NAME": "test_cache_invalidation_other" + _suffix},
         },
     }
 else:
