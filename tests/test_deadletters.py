@@ -213,3 +213,36 @@ def test_redelivered_events_are_no_ops_and_counted(settings):
     assert apply_events([event]) == 0  # the redelivery does nothing...
     assert cache.get("x") == 2  # ...so it does not drop fresh data either
     assert metrics.read()["duplicates"] == before + 1
+
+
+def test_partial_failure_dead_letters_only_the_unfinished_drain(settings, private_redis):
+    """The invalidation script succeeds, then draining a large tag fails (an ACL denies SPOP to
+    the app's Redis user): only the unfinished drain is dead-lettered, and replaying it once
+    the permission is back deletes the remaining members."""
+    import redis as redis_py
+
+    admin = redis_py.Redis.from_url(private_redis.url)
+    admin.execute_command("ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-spop")
+    settings.CACHES = {**settings.CACHES, "acl": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": f"redis://app:secret@127.0.0.1:{private_redis.port}/0"}}
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "CACHE_ALIAS": "acl"}
+    cache = TaggedCache("acl")
+    for i in range(500):  # more than one chunk: the tag is drained, not deleted inline
+        cache.set(f"member:{i}", i, tags=["large"])
+    cache.set("small", 1, tags=["small"])
+
+    invalidate(tags=["large", "small"], keys=["plain"])
+
+    [letter] = DeadLetter.objects.all()
+    assert (letter.reason, letter.tags, letter.keys) == ("apply_failed", [], [])
+    assert len(letter.drains) == 1 and ":ci:d:" in letter.drains[0]
+    assert "can't run this command" in letter.last_error
+    assert cache.get("small") is None  # what succeeded is not redone
+    left = admin.scard(letter.drains[0])
+    assert 0 < left <= 500  # still waiting to be drained
+
+    admin.execute_command("ACL", "SETUSER", "app", "+spop")
+    assert replay("--id", str(letter.pk))[0] == 0
+    assert not admin.exists(letter.drains[0])
+    assert all(cache.get(f"member:{i}") is None for i in range(500))
