@@ -68,7 +68,7 @@ def report_failure(
         " (will retry)" if will_retry else "",
         error,
         [e.to_dict() for e in events],
-        exc_info=not will_retry,
+        exc_info=None if will_retry else error,
         extra={"event_ids": [e.id for e in events], "stage": stage},
     )
     signals.invalidation_failed.send_robust(

@@ -81,7 +81,7 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
         extra={"event_ids": [e.id for e in events], "task_id": self.request.id},
     )
     try:
-        return apply_events(events, drains=drains or ())
+        deleted = apply_events(events, drains=drains or ())
     except PartialInvalidation as exc:
         return _retry_or_dead_letter(
             self, events, exc.__cause__ or exc, config, attempts,
@@ -94,6 +94,8 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
         deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc, attempts=attempts,
                           drains=drains or ())
         return 0
+    _forget_delivery(self.request)
+    return deleted
 
 
 def _retry_or_dead_letter(
@@ -124,6 +126,19 @@ def _retry_or_dead_letter(
     return 0
 
 
+def _delivery_key(request: Any) -> str:
+    return f"ci:deliveries:{request.id}:{request.retries}"
+
+
+def _forget_delivery(request: Any) -> None:
+    from django.core.cache import caches
+
+    try:
+        caches[get_config()["CACHE_ALIAS"]].delete(_delivery_key(request))
+    except Exception:
+        pass  # it expires with DEDUP_WINDOW anyway
+
+
 def _count_delivery(request: Any) -> int:
     """How many times this attempt of this message was started (1 on a first delivery).
 
@@ -132,7 +147,7 @@ def _count_delivery(request: Any) -> int:
     from django.core.cache import caches
 
     cache = caches[get_config()["CACHE_ALIAS"]]
-    key = f"ci:deliveries:{request.id}:{request.retries}"
+    key = _delivery_key(request)
     try:
         cache.add(key, 0, int(get_config()["DEDUP_WINDOW"]))
         return int(cache.incr(key))
