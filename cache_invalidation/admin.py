@@ -1,4 +1,6 @@
-"""Admin: the dead-letter queue (read-only, with replay and discard) and the outbox backlog."""
+"""Admin: the dead-letter queue (read-only, with replay and discard), the outbox backlog, and
+the audit log of manual invalidations, which also serves the "Cache invalidation" page
+(:mod:`.admin_page`)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,15 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import deadletter
-from .models import DeadLetter, OutboxEvent
+from .models import DeadLetter, ManualInvalidation, OutboxEvent
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -94,3 +97,50 @@ class OutboxEventAdmin(_ReadOnly):
                               % {"rows": backlog["rows"], "age": backlog["oldest_age"] or 0},
                               messages.INFO)
         return super().changelist_view(request, extra_context)
+
+
+@admin.register(ManualInvalidation)
+class ManualInvalidationAdmin(_ReadOnly):
+    """The audit log: one row per submission of the page or run of ``invalidate_cache``.
+    Nobody may add, change or delete rows here."""
+
+    list_display = ("created_at", "username", "source", "status", "summary", "matched_count",
+                    "deleted_count")
+    list_filter = ("source", "status", "dry_run", "created_at")
+    search_fields = ("username", "tags", "keys", "model_label", "object_pk", "pattern",
+                     "result", "error", "event_id")
+    date_hierarchy = "created_at"
+    fields = ("created_at", "user", "username", "source", "status", "dry_run", "tags", "keys",
+              "model_label", "object_pk", "pattern", "matched_count", "deleted_count",
+              "event_id", "result", "error")
+    readonly_fields = fields
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("what"))
+    def summary(self, obj: ManualInvalidation) -> str:
+        parts = []
+        if obj.tags:
+            parts.append(ngettext("%(count)d tag", "%(count)d tags", len(obj.tags))
+                         % {"count": len(obj.tags)})
+        if obj.keys:
+            parts.append(ngettext("%(count)d key", "%(count)d keys", len(obj.keys))
+                         % {"count": len(obj.keys)})
+        if obj.model_label:
+            parts.append(f"{obj.model_label} #{obj.object_pk}")
+        if obj.pattern:
+            parts.append(obj.pattern)
+        return ", ".join(parts) or "-"
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_invalidate"
+        return [
+            path("invalidate/", self.admin_site.admin_view(self.invalidate_view), name=name),
+            *super().get_urls(),
+        ]
+
+    def invalidate_view(self, request: HttpRequest) -> HttpResponse:
+        from .admin_page import invalidate_view
+
+        return invalidate_view(self, request)

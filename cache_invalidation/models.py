@@ -1,13 +1,15 @@
-"""Durable records: the dead-letter queue and the transactional outbox.
+"""Durable records: the dead-letter queue, the transactional outbox and the audit log of
+manual invalidations.
 
-Both store events as JSON (``InvalidationEvent.to_dict()``), never pickles, so a row written
-by one release can be read, shown and replayed by the next.
+The first two store events as JSON (``InvalidationEvent.to_dict()``), never pickles, so a row
+written by one release can be read, shown and replayed by the next.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -88,3 +90,52 @@ class OutboxEvent(models.Model):
     def __str__(self) -> str:
         event: dict[str, Any] = self.event if isinstance(self.event, dict) else {}
         return f"{event.get('type', '?')} ({self.batch})"
+
+
+class ManualInvalidation(models.Model):
+    """One manual invalidation asked for from the admin page or ``manage.py invalidate_cache``.
+
+    Written for every submission, including previews and refused ones, so the log answers
+    "who dropped what, when, and did it work". ``user`` may be deleted later; ``username``
+    keeps who it was.
+    """
+
+    class Source(models.TextChoices):
+        ADMIN = "admin", _("Admin")
+        COMMAND = "command", _("Command")
+
+    class Status(models.TextChoices):
+        APPLIED = "applied", _("Applied")
+        PUBLISHED = "published", _("Published")
+        PREVIEWED = "previewed", _("Previewed")
+        FAILED = "failed", _("Failed")
+        REFUSED = "refused", _("Refused")
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, blank=True,
+        on_delete=models.SET_NULL, related_name="+",
+    )
+    username = models.CharField(_("username"), max_length=150, blank=True)
+    created_at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    tags = models.JSONField(_("tags"), default=list, blank=True)
+    keys = models.JSONField(_("keys"), default=list, blank=True)
+    model_label = models.CharField(_("model"), max_length=100, blank=True)
+    object_pk = models.CharField(_("primary key"), max_length=255, blank=True)
+    pattern = models.CharField(_("key pattern"), max_length=255, blank=True)
+    dry_run = models.BooleanField(_("dry run"), default=False)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, db_index=True)
+    result = models.TextField(_("result"), blank=True)
+    matched_count = models.PositiveIntegerField(_("keys matched"), null=True, blank=True)
+    deleted_count = models.PositiveIntegerField(_("entries deleted"), null=True, blank=True)
+    event_id = models.CharField(_("event id"), max_length=64, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("manual invalidation")
+        verbose_name_plural = _("manual invalidations")
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        who = self.username or "?"
+        return f"{self.get_source_display()}, {self.get_status_display()}, by {who}"

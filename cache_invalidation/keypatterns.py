@@ -1,0 +1,228 @@
+"""Key patterns: a guarded glob over one django-redis cache's keys, counted and deleted.
+
+Used by manual invalidation (:mod:`.manual`: the admin page and ``manage.py invalidate_cache``).
+:func:`bind` checks a pattern and binds it to a cache; :meth:`KeyPattern.preview` counts the
+matching keys and :meth:`KeyPattern.delete` deletes them. Input mistakes raise
+:class:`PatternError`, whose message says what to change.
+
+The pattern guard (:func:`check_pattern`, :func:`bind`):
+
+- The user types the **logical** pattern, as their code names keys (``product:*:page``); the
+  cache's own ``make_key`` adds ``KEY_PREFIX`` and ``VERSION``, and that part is glob-escaped,
+  so a match can never leave ``<KEY_PREFIX>:<VERSION>:`` (keys of other prefixes, other
+  versions or other applications in the same Redis database are never touched). A pattern that
+  already starts with the prefix is refused rather than prefixed twice.
+- Wildcards are ``*`` and ``?`` only. ``[``, ``]`` and ``\\`` (character classes, escapes),
+  whitespace and control characters are refused; at most :data:`MAX_PATTERN_LENGTH` characters.
+- At least one character must be something else than ``*``, ``?`` and ``:``; ``*``, ``**``
+  or ``*:*`` (everything) are refused.
+- The app's own bookkeeping keys (``ci:...``: tag index, versions, sequence, leases, dedup
+  ids, counters) are never matched; a pattern starting with ``ci:`` is refused.
+- Matching uses ``SCAN ... MATCH ... COUNT`` (never ``KEYS``), at most :data:`MAX_SCAN_CALLS`
+  calls; a pattern matching more than :data:`MAX_MATCHES` keys, or whose scan did not finish,
+  is refused for deletion. Deletion runs ``UNLINK`` on :data:`DELETE_CHUNK` keys at a time.
+- Only django-redis caches with a readable ``KEY_FUNCTION`` support patterns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+
+MAX_PATTERN_LENGTH = 200
+MAX_MATCHES = 10_000
+"""A pattern matching more keys than this is refused: invalidate a tag instead."""
+SCAN_COUNT = 1000
+MAX_SCAN_CALLS = 2000
+"""About ``SCAN_COUNT * MAX_SCAN_CALLS`` keys examined at most, each call a few milliseconds."""
+DELETE_CHUNK = 500
+INTERNAL_PREFIX = "ci:"
+_FORBIDDEN = "[]\\"
+_WILDCARDS = "*?:"
+_SENTINEL = "CIPATTERNSENTINEL7f3c"
+
+# Messages: tests assert on them; formatted with %-style mappings (translatable).
+EMPTY_PATTERN = _("Enter a key pattern.")
+PATTERN_TOO_LONG = _("The pattern is %(length)d characters long; at most %(max)d are allowed.")
+PATTERN_CHARACTER = _(
+    "The pattern %(pattern)r contains %(char)r: the only wildcards are * and ?; [, ], "
+    "backslashes, spaces and control characters are not allowed."
+)
+PATTERN_ONLY_WILDCARDS = _(
+    "The pattern %(pattern)r would match every key of the cache; include literal text, "
+    "such as product:*:page."
+)
+PATTERN_INTERNAL = _(
+    "The pattern %(pattern)r names the app's own bookkeeping keys (ci:...), which are never "
+    "deleted by pattern."
+)
+PATTERN_HAS_PREFIX = _(
+    "Write the pattern as your code names the keys, without the cache's prefix: "
+    "%(pattern)r starts with %(prefix)r, which is added for you."
+)
+PATTERN_NOT_REDIS = _(
+    "Key patterns need a django-redis cache; the cache %(alias)r is a %(backend)s."
+)
+PATTERN_KEY_FUNCTION = _(
+    "The cache %(alias)r has a KEY_FUNCTION that does not keep keys readable, so the keys a "
+    "pattern names cannot be found."
+)
+PATTERN_TOO_BROAD = _(
+    "The pattern %(pattern)r matches more than %(max)d keys; narrow it, or invalidate a tag."
+)
+PATTERN_SCAN_UNFINISHED = _(
+    "The scan for %(pattern)r stopped after examining about %(examined)d keys without "
+    "finishing; narrow the pattern, or invalidate a tag."
+)
+
+
+class PatternError(ValueError):
+    """A pattern that is refused; the message says why."""
+
+
+def check_pattern(pattern: str) -> str:
+    """The pattern if it passes the rules that need no cache; :class:`PatternError` otherwise."""
+    if not pattern:
+        raise PatternError(EMPTY_PATTERN)
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise PatternError(
+            PATTERN_TOO_LONG % {"length": len(pattern), "max": MAX_PATTERN_LENGTH})
+    for char in pattern:
+        if char in _FORBIDDEN or char.isspace() or not char.isprintable():
+            raise PatternError(PATTERN_CHARACTER % {"pattern": pattern, "char": char})
+    if all(char in _WILDCARDS for char in pattern):
+        raise PatternError(PATTERN_ONLY_WILDCARDS % {"pattern": pattern})
+    if pattern.startswith(INTERNAL_PREFIX):
+        raise PatternError(PATTERN_INTERNAL % {"pattern": pattern})
+    return pattern
+
+
+def _escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a pattern matches now. ``matched`` counts at most ``MAX_MATCHES + 1`` keys."""
+
+    matched: int
+    complete: bool
+    sample: tuple[str, ...]
+    examined_calls: int
+
+    @property
+    def too_broad(self) -> bool:
+        return self.matched > MAX_MATCHES
+
+
+@dataclass(frozen=True)
+class KeyPattern:
+    """A checked pattern bound to a django-redis cache: ``glob`` is what Redis matches."""
+
+    pattern: str
+    alias: str
+    glob: str
+    head: str  # the raw text make_key puts before the logical key
+    tail: str
+
+    def _client(self) -> Any:
+        from django.core.cache import caches
+
+        cache: Any = caches[self.alias]
+        return cache.client.get_client(write=True)
+
+    def logical(self, raw: bytes | str) -> str | None:
+        """The logical key of a Redis key, or None for keys the pattern must not touch."""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if not text.startswith(self.head) or not text.endswith(self.tail):
+            return None
+        name = text[len(self.head): len(text) - len(self.tail)]
+        return None if name.startswith(INTERNAL_PREFIX) else name
+
+    def _scan(self, client: Any, stats: dict[str, Any]) -> Iterator[bytes]:
+        cursor = 0
+        while True:
+            cursor, found = client.scan(cursor=cursor, match=self.glob, count=SCAN_COUNT)
+            stats["calls"] += 1
+            yield from found
+            if int(cursor) == 0:
+                stats["complete"] = True
+                return
+            if stats["calls"] >= MAX_SCAN_CALLS:
+                return
+
+    def preview(self, sample: int = 20) -> Preview:
+        """Count the matching keys (at most ``MAX_MATCHES + 1``); raises if Redis fails."""
+        stats: dict[str, Any] = {"calls": 0, "complete": False}
+        seen: set[bytes] = set()
+        names: list[str] = []
+        for raw in self._scan(self._client(), stats):
+            name = self.logical(raw)
+            if name is None or raw in seen:
+                continue
+            seen.add(raw)
+            if len(names) < sample:
+                names.append(name)
+            if len(seen) > MAX_MATCHES:
+                break
+        return Preview(len(seen), bool(stats["complete"]), tuple(sorted(names)), stats["calls"])
+
+    def refusal(self, preview: Preview) -> str | None:
+        """Why the keys of ``preview`` may not be deleted, or None."""
+        if preview.too_broad:
+            return str(PATTERN_TOO_BROAD % {"pattern": self.pattern, "max": MAX_MATCHES})
+        if not preview.complete:
+            return str(PATTERN_SCAN_UNFINISHED % {
+                "pattern": self.pattern, "examined": preview.examined_calls * SCAN_COUNT})
+        return None
+
+    def delete(self) -> int:
+        """UNLINK the matching keys, :data:`DELETE_CHUNK` at a time; returns how many existed.
+
+        Matches again (keys that appeared since the preview and match are deleted too) and
+        stops after ``MAX_MATCHES`` keys. Raises if Redis fails; what was deleted stays deleted.
+        """
+        client = self._client()
+        stats: dict[str, Any] = {"calls": 0, "complete": False}
+        batch: list[bytes] = []
+        seen: set[bytes] = set()
+        deleted = 0
+        for raw in self._scan(client, stats):
+            if raw in seen or self.logical(raw) is None:
+                continue
+            seen.add(raw)
+            batch.append(raw)
+            if len(batch) >= DELETE_CHUNK:
+                deleted += int(client.unlink(*batch))
+                batch = []
+            if len(seen) >= MAX_MATCHES:
+                break
+        if batch:
+            deleted += int(client.unlink(*batch))
+        return deleted
+
+
+def bind(pattern: str, alias: str | None = None) -> KeyPattern:
+    """Check ``pattern`` and bind it to the cache ``alias`` (default ``CACHE_ALIAS``)."""
+    from django.core.cache import caches
+
+    from .conf import get_config
+    from .tagging import is_django_redis
+
+    check_pattern(pattern)
+    alias = alias or str(get_config()["CACHE_ALIAS"])
+    cache: Any = caches[alias]
+    if not is_django_redis(cache):
+        raise PatternError(
+            PATTERN_NOT_REDIS % {"alias": alias, "backend": type(cache).__name__})
+    full = str(cache.client.make_key(_SENTINEL))
+    if full.count(_SENTINEL) != 1:
+        raise PatternError(PATTERN_KEY_FUNCTION % {"alias": alias})
+    head, tail = full.split(_SENTINEL)
+    if head and pattern.startswith(head):
+        raise PatternError(PATTERN_HAS_PREFIX % {"pattern": pattern, "prefix": head})
+    return KeyPattern(pattern, alias, _escape(head) + pattern + _escape(tail), head, tail)
+
