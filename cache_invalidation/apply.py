@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from . import dedup, metrics, signals, storm
 from .events import InvalidationEvent, union
+from .logfields import log_extra
 from .tagging import TaggedCache
 
 logger = logging.getLogger("cache_invalidation")
@@ -30,11 +31,13 @@ def apply_events(
     """
     done = dedup.applied(e.id for e in events)
     fresh = [e for e in events if e.id not in done]
+    skipped = [e for e in events if e.id in done]
     if done:
-        metrics.incr("duplicates", len(events) - len(fresh))
         logger.info("cache_invalidation: skipped %d event(s) already applied: %s",
-                    len(events) - len(fresh), sorted(done))
+                    len(events) - len(fresh), sorted(done),
+                    extra=log_extra(skipped, stage="apply"))
     if events and not fresh and not drains:
+        metrics.record_applied([], duplicates=skipped)
         return 0
     if tags is None or keys is None:
         tags, keys = union(storm.control(fresh))
@@ -42,11 +45,11 @@ def apply_events(
     deleted = TaggedCache().invalidate_many(tags, keys, drains=drains)
     duration = time.monotonic() - started
     dedup.mark(e.id for e in fresh)
-    metrics.incr("applied", len(fresh))
+    metrics.record_applied(fresh, duplicates=skipped)
     logger.debug(
         "cache_invalidation: applied %d event(s), %d tag(s), %d key(s), %d entries deleted",
         len(fresh), len(tags), len(keys), deleted,
-        extra={"event_ids": [e.id for e in fresh], "tags": list(tags), "keys": list(keys)},
+        extra=log_extra(fresh, stage="apply", tags=list(tags), keys=list(keys)),
     )
     signals.invalidation_applied.send(
         sender=None, events=fresh, deleted=deleted, duration=duration
@@ -59,7 +62,7 @@ def report_failure(
 ) -> None:
     """Make a failure visible: a log record carrying the events, and the signal."""
     level = logging.WARNING if will_retry else logging.ERROR
-    metrics.incr("failed")
+    metrics.record_failed(events, stage)
     logger.log(
         level,
         "cache_invalidation: %s of %d event(s) failed%s: %s; events: %s",
@@ -69,7 +72,7 @@ def report_failure(
         error,
         [e.to_dict() for e in events],
         exc_info=None if will_retry else error,
-        extra={"event_ids": [e.id for e in events], "stage": stage},
+        extra=log_extra(events, stage=stage),
     )
     signals.invalidation_failed.send_robust(
         sender=None, events=events, error=error, stage=stage, will_retry=will_retry

@@ -51,16 +51,22 @@ class Batch:
                 after_commit()
         if self.outbox:
             from . import outbox
+            from .transports import published
 
+            published([event for event, _ in done], "outbox")  # committed: on its way
             outbox.deliver_after_commit(self.id, self.alias)
         else:
             publish_now([event for event, _ in done])
 
 
 def publish_now(events: list[InvalidationEvent]) -> None:
+    from .conf import get_config
+    from .events import split_oversized
     from .transports import get_transport
 
-    get_transport().publish(coalesce(events))
+    # An event over MAX_EVENT_BYTES would be refused by the worker: publish it in parts.
+    limit = int(get_config()["MAX_EVENT_BYTES"])
+    get_transport().publish([part for e in coalesce(events) for part in split_oversized(e, limit)])
 
 
 def coalesce(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
@@ -119,9 +125,11 @@ def emit(
             after_commit()
         if use_outbox:
             from . import outbox
+            from .transports import published
 
             batch_id = uuid.uuid4()
             outbox.write(event, batch_id, using)
+            published([event], "outbox")
             outbox.deliver_after_commit(batch_id, using)
         else:
             publish_now([event])

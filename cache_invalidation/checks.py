@@ -4,8 +4,11 @@ Declarations: ``E001`` not a dict, ``E002`` unknown option, ``E003`` wrong type,
 template names no usable field, ``E005`` a template uses attribute/index access, a positional
 placeholder or a format spec, ``E006`` ``on_fields`` names no field.
 Settings: ``E010`` ``CACHE_INVALIDATION`` is malformed or has an unknown key or a bad value,
-``E011`` ``CACHE_ALIAS`` names no cache, ``E012`` unknown ``TRANSPORT``,
-``W001`` the cache swallows errors (``IGNORE_EXCEPTIONS``).
+``E011`` ``CACHE_ALIAS`` names no cache, ``E012`` unknown ``TRANSPORT``, ``E013`` retry backoff
+not below the Redis broker's visibility timeout, ``E014`` the cache uses django-redis's
+``ShardClient``, ``W001`` the cache swallows errors (``IGNORE_EXCEPTIONS``), ``W002`` a
+per-process cache with a transport that applies in another process, ``W003`` a ``DummyCache``,
+``W004`` plain ``cache.set()`` entries (declared keys) outlive ``MAX_TTL``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ _POSITIVE_INTS = (
     "MAX_DELIVERIES",
     "MAX_TAGS_PER_EVENT",
     "RATE_LIMIT_WINDOW",
+    "STATUS_MAX_OUTBOX_AGE",
 )
 
 
@@ -84,7 +88,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="cache_invalidation.E010",
                 )
             )
-    for key in ("MAX_RETRIES", "MODEL_RATE_LIMIT"):
+    for key in ("MAX_RETRIES", "MODEL_RATE_LIMIT", "STATUS_MAX_DLQ"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             errors.append(
@@ -105,6 +109,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="cache_invalidation.E010",
                 )
             )
+    token = config["METRICS_TOKEN"]
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        errors.append(
+            checks.Error(
+                "CACHE_INVALIDATION['METRICS_TOKEN'] must be None or a string of at least 16 "
+                "characters.",
+                hint="Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe())'",
+                id="cache_invalidation.E010",
+            )
+        )
     alias = config["CACHE_ALIAS"]
     caches = getattr(settings, "CACHES", {})
     if alias not in caches:
@@ -132,6 +147,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="cache_invalidation.W001",
                 )
             )
+        errors.extend(_check_cache_backend(alias, caches[alias], config))
     errors.extend(_check_visibility_timeout(config))
     transport = config["TRANSPORT"]
     if transport is not None and transport not in TRANSPORTS:
@@ -184,3 +200,99 @@ def _check_visibility_timeout(config: dict[str, Any]) -> list[checks.CheckMessag
             id="cache_invalidation.E013",
         )
     ]
+
+
+def _backend_class(path: str) -> type | None:
+    from django.utils.module_loading import import_string
+
+    try:
+        found = import_string(path)
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _is(backend: type | None, path: str) -> bool:
+    other = _backend_class(path)
+    return backend is not None and other is not None and issubclass(backend, other)
+
+
+def _check_cache_backend(
+    alias: str, cache: dict[str, Any], config: dict[str, Any]
+) -> list[checks.CheckMessage]:
+    """Caches the app cannot work with, or that undo its guarantees."""
+    from .conf import celery_broker_configured
+
+    out: list[checks.CheckMessage] = []
+    path = str(cache.get("BACKEND", ""))
+    backend = _backend_class(path)
+    name = backend.__name__ if backend is not None else path
+    transport = config["TRANSPORT"]
+    if transport is None:
+        transport = "celery" if celery_broker_configured() else "sync"
+    if _is(backend, "django.core.cache.backends.dummy.DummyCache"):
+        out.append(checks.Warning(
+            f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, a DummyCache: it stores nothing, "
+            "so every cached value is computed on every request and key patterns cannot be "
+            "deleted.",
+            hint="Point CACHE_ALIAS at the cache your entries live in. If caching is off on "
+            "purpose, silence this: SILENCED_SYSTEM_CHECKS = ['cache_invalidation.W003'].",
+            id="cache_invalidation.W003",
+        ))
+    elif _is(backend, "django.core.cache.backends.locmem.LocMemCache") and transport in (
+        "celery", "outbox"
+    ):
+        where = {
+            "celery": "the Celery worker applies every invalidation to its own copy",
+            "outbox": "the outbox relay (relay_outbox, the beat task) applies what it delivers "
+            "to its own copy",
+        }[transport]
+        out.append(checks.Warning(
+            f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, a {name}, which lives inside each "
+            f"process, but TRANSPORT is {transport!r}: {where}, never to the web processes' "
+            "caches.",
+            hint="Use a cache all processes share (django-redis, Memcached, the database "
+            "cache), or TRANSPORT = 'sync' for a single-process development server.",
+            id="cache_invalidation.W002",
+        ))
+    client_class = str((cache.get("OPTIONS") or {}).get("CLIENT_CLASS", ""))
+    if client_class.rsplit(".", 1)[-1] == "ShardClient":
+        out.append(checks.Error(
+            f"The cache {alias!r} uses django-redis's ShardClient: the tag index runs one Lua "
+            "script over many keys, which cannot span shards.",
+            hint="Use django-redis's DefaultClient (or SentinelClient) for CACHE_ALIAS.",
+            id="cache_invalidation.E014",
+        ))
+    out.extend(_check_default_timeout(alias, cache, config))
+    return out
+
+
+def _check_default_timeout(
+    alias: str, cache: dict[str, Any], config: dict[str, Any]
+) -> list[checks.CheckMessage]:
+    """Declared ``keys`` are usually written with plain ``cache.set()``, whose lifetime is the
+    cache's ``TIMEOUT``, not ``MAX_TTL``: if one invalidation is lost, that is how long a stale
+    entry survives."""
+    from .registry import registry
+
+    max_ttl = config["MAX_TTL"]
+    if isinstance(max_ttl, bool) or not isinstance(max_ttl, int) or max_ttl <= 0:
+        return []  # E010 says so
+    timeout = cache.get("TIMEOUT", 300)
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= max_ttl):
+        return []
+    example = next(
+        ((p.label, k.source) for p in registry.policies.values() for k in p.keys), None
+    )
+    if example is None:
+        return []
+    lifetime = "forever (TIMEOUT is None)" if timeout is None else f"for {timeout} s (TIMEOUT)"
+    return [checks.Warning(
+        f"The cache {alias!r} keeps entries stored without a timeout {lifetime}, longer than "
+        f"MAX_TTL ({max_ttl} s). Declared keys such as {example[1]!r} of {example[0]} are "
+        "usually written with plain cache.set(), so a lost invalidation leaves them stale "
+        "that long.",
+        hint=f"Set CACHES[{alias!r}]['TIMEOUT'] to at most MAX_TTL, or pass a timeout to "
+        "every cache.set() of a declared key.",
+        id="cache_invalidation.W004",
+    )]

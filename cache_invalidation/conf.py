@@ -7,7 +7,7 @@ on ``setting_changed`` so ``override_settings`` works in tests. Validation of th
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -55,12 +55,24 @@ DEFAULTS: dict[str, Any] = {
     # A message delivered this many times to workers that died before finishing it is
     # dead-lettered instead of being redelivered again (a poison message).
     "MAX_DELIVERIES": 5,
+    # An event whose compact JSON encoding is larger than this many bytes is refused by the
+    # worker (dead-lettered as malformed); larger events the app makes itself are published
+    # as several parts under the limit.
+    "MAX_EVENT_BYTES": 1_048_576,
+    # manage.py cache_invalidation_status (and health.status()) reports unhealthy when more
+    # dead letters than this are pending, or the oldest outbox row waits longer than this
+    # many seconds.
+    "STATUS_MAX_DLQ": 0,
+    "STATUS_MAX_OUTBOX_AGE": 300,
+    # A bearer token that lets a Prometheus scraper read cache_invalidation.views.metrics_view
+    # (staff users may always read it); None: staff only.
+    "METRICS_TOKEN": None,
 }
 
 TRANSPORTS = ("sync", "celery", "outbox")
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_config() -> dict[str, Any]:
     """Return the effective settings: defaults overlaid with ``settings.CACHE_INVALIDATION``.
 

@@ -19,7 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import metrics, signals
-from .events import InvalidationEvent, InvalidEventError, decode_batch, union
+from .events import InvalidationEvent, InvalidEventError, decode_batch, json_problem, union
+from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -44,8 +45,8 @@ def record(
 
     decoded = [e for e in events if isinstance(e, InvalidationEvent)] if isinstance(
         events, (list, tuple)) else []
-    raw = [e.to_dict() if isinstance(e, InvalidationEvent) else e for e in events] if isinstance(
-        events, (list, tuple)) else [events]
+    raw = [e.to_dict() if isinstance(e, InvalidationEvent) else _storable(e) for e in events] \
+        if isinstance(events, (list, tuple)) else [_storable(events)]
     if tags is None or keys is None:
         tags, keys = union(decoded)
     now = timezone.now()
@@ -68,11 +69,22 @@ def record(
         logger.critical(
             "cache_invalidation: could not write a dead letter (%s) for %s: %s; events: %s",
             db_error, reason, _text(error), raw,
+            extra=log_extra(decoded, stage="dead_letter"),
         )
         return None
-    metrics.incr("dead_lettered")
+    metrics.incr_events("dead_lettered", events if isinstance(events, (list, tuple)) else [events])
     _alert(row, decoded, error)
     return row
+
+
+def _storable(item: Any) -> Any:
+    """A malformed payload item as a JSON column can keep it: unchanged if it is plain JSON,
+    else its ``ascii()`` text (NaN, NUL or unpaired surrogates would make the write fail, and
+    the dead letter, the one durable record of the message, would be lost)."""
+    problem = json_problem(item)
+    if problem is None:
+        return item
+    return {"unstorable": ascii(item)[:10_000], "problem": problem}
 
 
 def _text(error: BaseException | str) -> str:
@@ -100,19 +112,26 @@ def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str
         f"cache_invalidation: dead letter #{row.pk} ({row.reason}) after {row.attempts} "
         f"attempt(s): {_text(error)}; tags {row.tags}, keys {row.keys}"
     )
+    extra = log_extra(events, stage="dead_letter", dead_letter=row.pk)
     if row.attempts < int(config["ALERT_AFTER_ATTEMPTS"]):
-        logger.error(message, extra={"dead_letter": row.pk})
+        logger.error(message, extra=extra)
         return
-    logger.critical(message, extra={"dead_letter": row.pk})
+    logger.critical(message, extra=extra)
     signals.dead_lettered.send_robust(
         sender=type(row), dead_letter=row, events=events, error=error
     )
     if config["MAIL_ADMINS"]:
-        mail_admins(
-            f"Cache invalidation dead letter #{row.pk}: {row.get_reason_display()}",
-            message + "\n\nReplay it with: manage.py replay_dead_letters --id " + str(row.pk),
-            fail_silently=True,
-        )
+        # Not fail_silently=True: Django 6.1 deprecates it, and a mail that could not be sent
+        # deserves a log line of its own rather than silence.
+        try:
+            mail_admins(
+                f"Cache invalidation dead letter #{row.pk}: {row.get_reason_display()}",
+                message + "\n\nReplay it with: manage.py replay_dead_letters --id " + str(row.pk),
+            )
+        except Exception:
+            logger.exception(
+                "cache_invalidation: could not mail ADMINS about dead letter #%s", row.pk
+            )
 
 
 @dataclass

@@ -26,6 +26,15 @@ class Transport(Protocol):
     def publish(self, events: list[InvalidationEvent]) -> None: ...
 
 
+def published(events: list[InvalidationEvent], transport: str) -> None:
+    """Count a batch that left this process and show it to a recording request (the debug
+    toolbar panel). Never raises."""
+    from .. import metrics, recorder
+
+    metrics.record_published(events, transport)
+    recorder.published(events, transport)
+
+
 def get_transport() -> Transport:
     from ..conf import get_config
 

@@ -12,6 +12,7 @@ from typing import Any
 from .. import signals
 from ..apply import report_failure
 from ..events import InvalidationEvent, encode_batch
+from . import published
 
 
 class CeleryTransport:
@@ -34,4 +35,5 @@ class CeleryTransport:
             report_failure(events, exc, stage="publish", will_retry=False)
             deadletter.record(events, DeadLetter.Reason.PUBLISH_FAILED, exc)
             return
+        published(events, self.name)
         signals.invalidation_published.send(sender=None, events=events, transport=self.name)

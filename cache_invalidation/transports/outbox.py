@@ -13,6 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from .. import outbox, signals
 from ..events import InvalidationEvent
+from . import published
 
 
 class OutboxTransport:
@@ -23,5 +24,6 @@ class OutboxTransport:
         with transaction.atomic(using=DEFAULT_DB_ALIAS):
             for event in events:
                 outbox.write(event, batch, DEFAULT_DB_ALIAS)
+        published(events, self.name)
         signals.invalidation_published.send(sender=None, events=events, transport=self.name)
         outbox.deliver_after_commit(batch, DEFAULT_DB_ALIAS)

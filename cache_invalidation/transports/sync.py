@@ -10,6 +10,7 @@ from __future__ import annotations
 from .. import signals
 from ..apply import apply_events, report_failure
 from ..events import InvalidationEvent
+from . import published
 
 
 class SyncTransport:
@@ -17,6 +18,7 @@ class SyncTransport:
 
     def publish(self, events: list[InvalidationEvent]) -> None:
         signals.invalidation_published.send(sender=None, events=events, transport=self.name)
+        published(events, self.name)
         try:
             apply_events(events)
         except Exception as exc:

@@ -1,0 +1,333 @@
+"""Is invalidation working? Probes of the cache, the broker and the database, and one status.
+
+:func:`status` is what ``manage.py cache_invalidation_status``, the admin dashboard and the
+Prometheus view show. Every probe answers within about :data:`TIMEOUT` seconds and never
+raises: a failure is an answer (``{"ok": False, "detail": "ConnectionError: ..."}``).
+
+Rules of :func:`healthy` (see :func:`problems` for the messages): unhealthy when the cache,
+the database or (with ``TRANSPORT = "celery"``) the broker does not answer; when more than
+``STATUS_MAX_DLQ`` dead letters are pending (default 0: any pending dead letter means entries
+may be stale until it is replayed); when the oldest outbox row waits longer than
+``STATUS_MAX_OUTBOX_AGE`` seconds (default 300: the relay is not running or cannot deliver).
+Failed attempts and lag do not make it unhealthy: retries absorb blips, and what retries
+cannot absorb ends in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import uuid
+from typing import Any
+
+from .logfields import log_extra
+
+logger = logging.getLogger("cache_invalidation")
+
+#: Seconds a probe may take before it counts as down.
+TIMEOUT = 2.0
+
+CACHE_DOWN = "the cache {alias!r} does not answer: {detail}"
+BROKER_DOWN = "the Celery broker does not answer: {detail}"
+DATABASE_DOWN = "the database {alias!r} does not answer: {detail}"
+DLQ_PENDING = "{pending} dead letter(s) pending (STATUS_MAX_DLQ is {limit}); replay them " \
+              "with manage.py replay_dead_letters"
+OUTBOX_STUCK = "the oldest outbox row has waited {age:.0f} s (STATUS_MAX_OUTBOX_AGE is " \
+               "{limit}); is manage.py relay_outbox running?"
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Ping the invalidation cache (``CACHE_ALIAS``).
+
+    django-redis: ``PING`` (and ``INFO server`` for the version) on a connection of its own
+    with ``timeout`` and no retries, so a hung Redis answers "down" within ``timeout``. Other
+    backends: set, read back and delete a probe key (their own timeouts apply).
+    Returns ``{"ok", "detail", "latency_ms", "alias", "backend", "server_version"}``.
+    """
+    from django.core.cache import caches
+
+    from .conf import get_config
+    from .tagging import is_django_redis
+
+    alias = str(get_config()["CACHE_ALIAS"])
+    result: dict[str, Any] = {"alias": alias, "backend": "", "server_version": None}
+    started = time.monotonic()
+    try:
+        cache = caches[alias]
+        result["backend"] = f"{type(cache).__module__}.{type(cache).__name__}"
+        if is_django_redis(cache):
+            result["server_version"] = _ping_redis(cache, timeout)
+            detail = "PING answered"
+        else:
+            key = f"ci:health:{uuid.uuid4().hex}"
+            cache.set(key, "ok", 30)
+            found = cache.get(key)
+            cache.delete(key)
+            if found != "ok":
+                raise RuntimeError("a probe key written to the cache could not be read back")
+            detail = "probe key written and read back"
+    except Exception as exc:
+        return {**result, "ok": False, "detail": _error(exc), "latency_ms": _ms(started)}
+    return {**result, "ok": True, "detail": detail, "latency_ms": _ms(started)}
+
+
+_PROBE_KWARGS = ("host", "port", "db", "username", "password", "path", "client_name",
+                 "protocol", "credential_provider")
+
+
+def _ping_redis(cache: Any, timeout: float) -> str | None:
+    """PING through a one-off connection to the same server; returns its version if allowed."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = cache.client.get_client(write=True).connection_pool
+    if type(pool) is not redis.ConnectionPool:  # sentinel and friends: use their own client
+        client = cache.client.get_client(write=True)
+        client.ping()
+        return None
+    kwargs = {k: v for k, v in pool.connection_kwargs.items()
+              if k in _PROBE_KWARGS or k.startswith("ssl")}
+    probe_pool = redis.ConnectionPool(
+        connection_class=pool.connection_class, socket_timeout=timeout,
+        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), **kwargs)
+    probe = redis.Redis(connection_pool=probe_pool)
+    try:
+        probe.ping()
+        try:
+            return str(probe.info("server").get("redis_version"))
+        except redis.RedisError:  # INFO may be denied by an ACL; PING answered
+            return None
+    finally:
+        probe_pool.disconnect()
+
+
+def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Connect to the Celery broker once (no retries), when ``TRANSPORT`` is ``"celery"``.
+
+    Returns ``{"ok", "used", "detail", "latency_ms", "url"}`` (the URL without password);
+    with another transport ``{"ok": True, "used": False, "detail": "not used (...)"}``.
+    """
+    from .conf import get_config
+
+    transport = get_config()["TRANSPORT"]
+    if transport != "celery":
+        return {"ok": True, "used": False, "url": None, "latency_ms": None,
+                "detail": f"not used (TRANSPORT is {transport!r})"}
+    from celery import current_app
+
+    started = time.monotonic()
+    url = None
+    try:
+        with current_app.connection_for_write(connect_timeout=timeout) as connection:
+            url = connection.as_uri()
+            connection.ensure_connection(max_retries=0, timeout=timeout)
+    except Exception as exc:
+        return {"ok": False, "used": True, "url": url, "detail": _error(exc),
+                "latency_ms": _ms(started)}
+    return {"ok": True, "used": True, "url": url, "detail": "connected",
+            "latency_ms": _ms(started)}
+
+
+def check_database(using: str | None = None) -> dict[str, Any]:
+    """``SELECT 1`` on the database holding the dead letters (``using`` overrides).
+    Returns ``{"ok", "detail", "latency_ms", "alias", "vendor"}``."""
+    from django.db import connections
+
+    alias = using or _dead_letter_db()
+    started = time.monotonic()
+    try:
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return {"ok": False, "alias": alias, "vendor": None, "detail": _error(exc),
+                "latency_ms": _ms(started)}
+    return {"ok": True, "alias": alias, "vendor": connection.vendor, "detail": "SELECT 1",
+            "latency_ms": _ms(started)}
+
+
+def _dead_letter_db() -> str:
+    from django.db import router
+
+    from .models import DeadLetter
+
+    return str(router.db_for_read(DeadLetter))
+
+
+def dead_letters(using: str | None = None) -> dict[str, Any]:
+    """Pending dead letters: ``{"pending", "oldest_age" (s or None), "by_reason", "error"}``."""
+    from django.db.models import Count, Min
+    from django.utils import timezone
+
+    from .models import DeadLetter
+
+    try:
+        rows = DeadLetter.objects.using(using or _dead_letter_db()).filter(
+            status=DeadLetter.Status.PENDING)
+        by_reason = {r["reason"]: r["n"] for r in
+                     rows.order_by().values("reason").annotate(n=Count("pk"))}
+        oldest = rows.aggregate(oldest=Min("first_failed_at"))["oldest"]
+    except Exception as exc:
+        return {"pending": None, "oldest_age": None, "by_reason": {}, "error": _error(exc)}
+    return {
+        "pending": sum(by_reason.values()),
+        "oldest_age": (timezone.now() - oldest).total_seconds() if oldest else None,
+        "by_reason": dict(sorted(by_reason.items())),
+        "error": None,
+    }
+
+
+def outbox_backlog(using: str | None = None) -> dict[str, Any]:
+    """The outbox: ``{"used", "rows", "oldest_age" (s or None), "error"}``."""
+    from django.db import DEFAULT_DB_ALIAS
+
+    from . import outbox
+    from .conf import get_config
+
+    used = get_config()["TRANSPORT"] == "outbox"
+    try:
+        return {"used": used, **outbox.backlog(using or DEFAULT_DB_ALIAS), "error": None}
+    except Exception as exc:
+        return {"used": used, "rows": None, "oldest_age": None, "error": _error(exc)}
+
+
+def index(scan: bool = False) -> dict[str, Any]:
+    """Tag-index size (``TaggedCache().index_stats()``) when ``scan``; the scan reads every tag
+    set, so it is skipped unless asked for: ``{"scanned": False}``."""
+    if not scan:
+        return {"scanned": False}
+    from .tagging import TaggedCache
+
+    started = time.monotonic()
+    try:
+        stats = TaggedCache().index_stats()
+    except Exception as exc:
+        return {"scanned": False, "error": _error(exc)}
+    return {"scanned": True, **stats, "scan_ms": _ms(started)}
+
+
+def versions() -> dict[str, str | None]:
+    import celery
+    import django
+    import kombu
+    import redis
+
+    from . import __version__
+
+    try:
+        import django_redis
+
+        django_redis_version: str | None = str(django_redis.__version__)
+    except ImportError:  # pragma: no cover - a declared dependency
+        django_redis_version = None
+    return {
+        "cache_invalidation": __version__,
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "celery": str(celery.__version__),
+        "kombu": str(kombu.__version__),
+        "redis_py": str(redis.__version__),
+        "django_redis": django_redis_version,
+    }
+
+
+def status(*, include_index: bool = False, using: str | None = None) -> dict[str, Any]:
+    """Everything an operator asks first, in one dict (JSON-serialisable). Never raises.
+
+    ::
+
+        {
+          "healthy": True, "problems": [],           # see healthy() / problems()
+          "generated_at": 1764237000.0,
+          "transport": "celery", "cache_alias": "default",
+          "cache": {"ok": True, "detail": ..., "latency_ms": 0.4, "server_version": "7.2.4", ...},
+          "broker": {"ok": True, "used": True, "detail": ..., "url": ..., ...},
+          "database": {"ok": True, "alias": "default", "vendor": "postgresql", ...},
+          "dead_letters": {"pending": 0, "oldest_age": None, "by_reason": {}, "error": None},
+          "outbox": {"used": False, "rows": 0, "oldest_age": None, "error": None},
+          "index": {"scanned": False} | {"scanned": True, "tag_sets": n, "members": n, ...},
+          "metrics": metrics.snapshot(),
+          "limits": {"STATUS_MAX_DLQ": 0, "STATUS_MAX_OUTBOX_AGE": 300},
+          "versions": {"cache_invalidation": "0.1.0", "django": ..., ...},
+        }
+
+    ``include_index`` scans the tag index (slow on a large index); ``using`` names the
+    database of the dead letters and the outbox (default: where the router puts them).
+    """
+    from . import metrics
+    from .conf import get_config
+
+    config = get_config()
+    cache = check_cache()
+    result: dict[str, Any] = {
+        "healthy": True,
+        "problems": [],
+        "generated_at": time.time(),
+        "transport": config["TRANSPORT"],
+        "cache_alias": config["CACHE_ALIAS"],
+        "cache": cache,
+        "broker": check_broker(),
+        "database": check_database(using),
+        "dead_letters": dead_letters(using),
+        "outbox": outbox_backlog(using),
+        # Without the cache, the scan and the snapshot would each wait for their own timeouts.
+        "index": index(include_index and cache["ok"]),
+        "metrics": metrics.snapshot() if cache["ok"] else metrics.unavailable(
+            "not read: the cache does not answer"),
+        "limits": {"STATUS_MAX_DLQ": config["STATUS_MAX_DLQ"],
+                   "STATUS_MAX_OUTBOX_AGE": config["STATUS_MAX_OUTBOX_AGE"]},
+        "versions": versions(),
+    }
+    found = problems(result)
+    result["problems"] = found
+    result["healthy"] = not found
+    if found:
+        logger.debug("cache_invalidation: unhealthy: %s", "; ".join(found),
+                     extra=log_extra(stage="status"))
+    return result
+
+
+def problems(status: dict[str, Any]) -> list[str]:
+    """Why ``status`` is unhealthy (empty when healthy), one sentence each."""
+    from .conf import get_config
+
+    limits = status.get("limits") or {}
+    config = get_config()
+    max_dlq = int(limits.get("STATUS_MAX_DLQ", config["STATUS_MAX_DLQ"]))
+    max_age = float(limits.get("STATUS_MAX_OUTBOX_AGE", config["STATUS_MAX_OUTBOX_AGE"]))
+    found = []
+    cache = status.get("cache") or {}
+    if not cache.get("ok"):
+        found.append(CACHE_DOWN.format(alias=cache.get("alias", status.get("cache_alias")),
+                                       detail=cache.get("detail", "not checked")))
+    broker = status.get("broker") or {}
+    if broker.get("used") and not broker.get("ok"):
+        found.append(BROKER_DOWN.format(detail=broker.get("detail", "not checked")))
+    database = status.get("database") or {}
+    if not database.get("ok"):
+        found.append(DATABASE_DOWN.format(alias=database.get("alias"),
+                                          detail=database.get("detail", "not checked")))
+    pending = (status.get("dead_letters") or {}).get("pending")
+    if pending is not None and pending > max_dlq:
+        found.append(DLQ_PENDING.format(pending=pending, limit=max_dlq))
+    age = (status.get("outbox") or {}).get("oldest_age")
+    if age is not None and age > max_age:
+        found.append(OUTBOX_STUCK.format(age=age, limit=limits.get(
+            "STATUS_MAX_OUTBOX_AGE", config["STATUS_MAX_OUTBOX_AGE"])))
+    return found
+
+
+def healthy(status: dict[str, Any]) -> bool:
+    """True when :func:`problems` finds nothing in ``status`` (see the module's rules)."""
+    return not problems(status)
