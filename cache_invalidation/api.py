@@ -12,7 +12,7 @@ from asgiref.sync import iscoroutinefunction
 from django.db import DEFAULT_DB_ALIAS
 
 from .batching import emit
-from .events import InvalidationEvent
+from .events import InvalidationEvent, text_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +37,9 @@ def invalidate(
     for item in (*tag_list, *key_list):
         if not isinstance(item, str) or not item:
             raise TypeError(f"tags and keys must be non-empty strings, got {item!r}")
+        problem = text_problem(item)
+        if problem:  # no worker, outbox or dead-letter row could carry it
+            raise ValueError(f"invalidate(): the tag or key {item!r} {problem}")
     if not tag_list and not key_list:
         raise ValueError("invalidate() needs at least one tag or key")
     event = InvalidationEvent(

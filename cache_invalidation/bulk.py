@@ -65,8 +65,12 @@ class _Gathering:
         self.related_states: list[State] = []  # rows whose related rows are invalidated too
 
     def add(
-        self, old: State | None, new: State | None, changed: Iterable[str] | None,
-        policy: Policy | None = None, rows: int = 1,
+        self,
+        old: State | None,
+        new: State | None,
+        changed: Iterable[str] | None,
+        policy: Policy | None = None,
+        rows: int = 1,
     ) -> None:
         """Add one row's change (see :func:`.resolve.resolve`); ``rows`` is what it counts as."""
         tags, keys = resolve(policy or self.policy, old, new, changed)
@@ -253,8 +257,10 @@ class BulkQuerySetMixin:
         """
         base: Any = super()
         options = {
-            "batch_size": batch_size, "ignore_conflicts": ignore_conflicts,
-            "update_conflicts": update_conflicts, "update_fields": update_fields,
+            "batch_size": batch_size,
+            "ignore_conflicts": ignore_conflicts,
+            "update_conflicts": update_conflicts,
+            "update_fields": update_fields,
             "unique_fields": unique_fields,
         }
         policy = registry.get(self.model)
@@ -306,7 +312,7 @@ class BulkQuerySetMixin:
             or query.combinator
             or self._fields is not None
         ):
-            return base.delete()  # type: ignore[no-any-return]
+            return base.delete()
         using = self._write_alias()
         deletion = _Deletion(self, using)  # type: ignore[arg-type]
         token = _deleting.set(deletion)
@@ -317,7 +323,7 @@ class BulkQuerySetMixin:
                     gathering.emit("bulk_deleted")
         finally:
             _deleting.reset(token)
-        return result  # type: ignore[no-any-return]
+        return result
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from django.utils import timezone, translation
 from django.utils.cache import patch_vary_headers
 
 from .cachekeys import page_key
+from .logfields import log_extra
 from .tagging import TaggedCache
 
 logger = logging.getLogger("cache_invalidation")
@@ -215,7 +216,8 @@ def _capture(
 ) -> dict[str, Any]:
     reason = _uncacheable_reason(request, response, vary_on_headers)
     if reason is not None:
-        logger.debug("Not caching %s %s: %s", request.method, request.get_full_path(), reason)
+        logger.debug("Not caching %s %s: %s", request.method, request.get_full_path(), reason,
+                     extra=log_extra(stage="page_cache"))
         raise _Uncacheable(response, reason)
     if vary_on_headers:
         patch_vary_headers(response, vary_on_headers)

@@ -7,6 +7,7 @@ correctness. If the cache cannot be read, every event counts as new.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,7 +39,5 @@ def mark(ids: Iterable[str]) -> None:
     ids = list(ids)
     if not ids:
         return
-    try:
+    with contextlib.suppress(Exception):  # the next delivery applies again: harmless
         _cache().set_many({PREFIX + i: 1 for i in ids}, int(get_config()["DEDUP_WINDOW"]))
-    except Exception:
-        pass  # the next delivery applies again: harmless

@@ -7,13 +7,17 @@ event or raises one :class:`InvalidEventError` that lists every problem found.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCHEMA_VERSION = 1
+#: Nesting allowed in ``metadata`` (objects and lists inside it).
+MAX_DEPTH = 32
 
 
 class InvalidEventError(ValueError):
@@ -72,7 +76,8 @@ class InvalidationEvent:
             raise InvalidEventError([f"expected an object, got {type(data).__name__}"])
         problems: list[str] = []
         known = set(_FIELDS)
-        unknown = sorted(str(k) for k in data if k not in known)
+        unknown = sorted(_show(k) if not isinstance(k, str) else k for k in data
+                         if not isinstance(k, str) or k not in known)
         if unknown:
             problems.append("unknown field(s): " + ", ".join(unknown))
         values: dict[str, Any] = {}
@@ -89,7 +94,7 @@ class InvalidationEvent:
                 values[name] = tuple(value) if kind == "strings" else value
         if "version" in values and values["version"] != SCHEMA_VERSION:
             problems.append(
-                f"'version' {values['version']!r} is not supported (this release reads "
+                f"'version' {_show(values['version'])} is not supported (this release reads "
                 f"version {SCHEMA_VERSION})"
             )
         if problems:
@@ -115,25 +120,119 @@ _FIELDS: dict[str, tuple[str, bool]] = {
 def _check(kind: str, value: Any) -> str | None:
     if kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else f"must be an integer, got {value!r}"
+        return None if ok else f"must be an integer, got {_show(value)}"
     if kind == "number":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else f"must be a number, got {value!r}"
+        if ok and not _finite(value):
+            return f"must be a finite number, got {_show(value)}"
+        return None if ok else f"must be a number, got {_show(value)}"
     if kind in ("str", "text", "id"):
         if not isinstance(value, str):
             return f"must be a string, got {type(value).__name__}"
         if kind != "str" and not value:
             return "must not be empty"
-        return None
+        return text_problem(value)
     if kind == "strings":
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, str) and v for v in value
         ):
             return "must be a list of non-empty strings"
-        return None
+        return next((p for p in map(text_problem, value) if p), None)
     if kind == "dict":
-        return None if isinstance(value, Mapping) else "must be an object"
+        if not isinstance(value, Mapping):
+            return "must be an object"
+        return json_problem(value)
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _show(value: Any) -> str:
+    """A short repr that cannot fail (Python refuses str() of integers over 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot travel in an event: JSON columns (PostgreSQL) and Redis keys need
+    UTF-8 without NUL. Every other character is carried as it is."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it contains an unpaired surrogate)"
+    return None
+
+
+def json_problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` is not plain JSON that any store keeps as it is (None if it is): objects
+    with string keys, lists, finite numbers, text without NUL, at most ``MAX_DEPTH`` deep."""
+    if depth > MAX_DEPTH:
+        return f"is nested more than {MAX_DEPTH} levels deep"
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if value.bit_length() <= 64 else "holds an integer too large for JSON"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"holds the number {value!r}"
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return f"holds text that {problem}" if problem else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"has a key that is not a string: {_show(key)}"
+            problem = text_problem(key) or json_problem(item, depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for p in (json_problem(item, depth + 1) for item in value) if p), None)
+    return f"holds a {type(value).__name__}, which is not JSON"
+
+
+def encoded_size(event: InvalidationEvent) -> int:
+    """Bytes of the event's compact JSON encoding (what ``MAX_EVENT_BYTES`` limits)."""
+    text = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8"))
+
+
+def split_oversized(event: InvalidationEvent, max_bytes: int) -> list[InvalidationEvent]:
+    """``event`` as parts of at most ``max_bytes`` each, its tags and keys spread over them.
+
+    A producer calls this before publishing so that a legitimate large event (a bulk update of
+    50,000 rows) is never refused by the worker's size limit. Parts get ids ``<id>.<n>``. A
+    single tag or key too large for any part stays oversized, and the worker dead-letters it.
+    """
+    if encoded_size(event) <= max_bytes:
+        return [event]
+    base = replace(event, tags=(), keys=())
+    room = max_bytes - encoded_size(replace(base, id=f"{event.id}.000000")) - 16
+    parts: list[tuple[list[str], list[str]]] = [([], [])]
+    used = 0
+    for index, items in ((0, event.tags), (1, event.keys)):
+        for item in items:
+            cost = len(json.dumps(item, ensure_ascii=False).encode("utf-8")) + 1
+            if used + cost > room and (parts[-1][0] or parts[-1][1]):
+                parts.append(([], []))
+                used = 0
+            parts[-1][index].append(item)
+            used += cost
+    return [
+        replace(base, id=f"{event.id}.{n}", tags=tuple(tags), keys=tuple(keys))
+        for n, (tags, keys) in enumerate(parts, 1)
+    ]
 
 
 def union(events: Iterable[InvalidationEvent]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -150,16 +249,29 @@ def encode_batch(events: Iterable[InvalidationEvent]) -> list[dict[str, Any]]:
     return [e.to_dict() for e in events]
 
 
-def decode_batch(payload: Any) -> list[InvalidationEvent]:
-    """Decode a published batch (a list of event dicts); one error names the bad entries."""
+def decode_batch(payload: Any, max_event_bytes: int | None = None) -> list[InvalidationEvent]:
+    """Decode a published batch (a list of event dicts); one error names the bad entries.
+
+    With ``max_event_bytes``, an event whose compact JSON encoding is larger is refused too.
+    """
     if not isinstance(payload, list):
         raise InvalidEventError([f"a batch must be a list of events, got {type(payload).__name__}"])
-    events, problems = [], []
+    events: list[InvalidationEvent] = []
+    problems: list[str] = []
     for index, item in enumerate(payload):
         try:
-            events.append(InvalidationEvent.from_dict(item))
+            event = InvalidationEvent.from_dict(item)
         except InvalidEventError as exc:
             problems.extend(f"event {index}: {p}" for p in exc.problems)
+            continue
+        size = encoded_size(event) if max_event_bytes is not None else 0
+        if max_event_bytes is not None and size > max_event_bytes:
+            problems.append(
+                f"event {index}: {size} bytes encoded, over the limit of {max_event_bytes} "
+                "(MAX_EVENT_BYTES)"
+            )
+            continue
+        events.append(event)
     if problems:
         raise InvalidEventError(problems)
     return events

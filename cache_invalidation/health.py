@@ -15,6 +15,7 @@ cannot absorb ends in the dead-letter queue.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import time
@@ -130,7 +131,7 @@ def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
     try:
         with current_app.connection_for_write(connect_timeout=timeout) as connection:
             url = connection.as_uri()
-            connection.ensure_connection(max_retries=0, timeout=timeout)
+            connection.ensure_connection(max_retries=0, timeout=max(1, round(timeout)))
     except Exception as exc:
         return {"ok": False, "used": True, "url": url, "detail": _error(exc),
                 "latency_ms": _ms(started)}
@@ -235,7 +236,7 @@ def versions() -> dict[str, str | None]:
         "cache_invalidation": __version__,
         "python": platform.python_version(),
         "django": django.get_version(),
-        "celery": str(celery.__version__),
+        "celery": importlib.metadata.version("celery"),
         "kombu": str(kombu.__version__),
         "redis_py": str(redis.__version__),
         "django_redis": django_redis_version,

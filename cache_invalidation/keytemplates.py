@@ -47,8 +47,9 @@ def parse(source: str) -> KeyTemplate:
     try:
         pieces = list(_FORMATTER.parse(source))
     except ValueError as exc:
-        raise TemplateError(f"{source!r} is not a valid template ({exc}); write literal braces as "
-                            "'{{' and '}}'") from exc
+        raise TemplateError(
+            f"{source!r} is not a valid template ({exc}); write literal braces as '{{{{' and '}}}}'"
+        ) from exc
     parts: list[tuple[str, str | None]] = []
     for literal, name, spec, conversion in pieces:
         if name is None:

@@ -23,6 +23,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
 from .events import InvalidationEvent, InvalidEventError
+from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -106,7 +107,8 @@ def relay(
                     available_at=now + timedelta(seconds=backoff(attempts - 1, get_config())),
                 )
                 logger.warning("cache_invalidation: outbox batch %s failed (attempt %d): %s",
-                               batch_id, attempts, exc)
+                               batch_id, attempts, exc,
+                               extra=log_extra(events, stage="relay", batch=str(batch_id)))
                 continue
             OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
             result.batches += 1

@@ -59,7 +59,8 @@ def install(model: type[models.Model]) -> None:
         manager_cls = type(manager)
         if getattr(manager_cls, _MARK, False):
             continue
-        qs_cls = queryset_class_for(model, manager_cls._queryset_class)
+        # Set by Manager.from_queryset() (so on every manager), unknown to the stubs.
+        qs_cls = queryset_class_for(model, manager_cls._queryset_class)  # type: ignore[attr-defined]
         name = f"{meta.app_label}_{model.__name__}_{manager_cls.__name__}"
         manager.__class__ = _publish(
             name,

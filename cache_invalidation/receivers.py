@@ -49,9 +49,7 @@ def _pk_assigned_by_database(field: models.Field) -> bool:
     return field.has_default() or bool(getattr(field, "has_db_default", lambda: False)())
 
 
-def old_state(
-    instance: models.Model, policy: Policy, using: str
-) -> dict[str, Any] | None:
+def old_state(instance: models.Model, policy: Policy, using: str) -> dict[str, Any] | None:
     """The row as stored before this write, or None if there is no such row."""
     known: dict[str, Any] = dict(instance.__dict__.get(STATE) or {})
     pk = instance.pk
@@ -63,9 +61,7 @@ def old_state(
         known = {}  # remembered before the row had its key: not a stored state
     missing = [a for a in policy.tracked if a not in known]
     if missing and pk is not None:
-        row = (
-            type(instance)._base_manager.using(using).filter(pk=pk).values(*missing).first()
-        )
+        row = type(instance)._base_manager.using(using).filter(pk=pk).values(*missing).first()
         if row is None:
             return known or None
         known.update(row)
@@ -224,6 +220,8 @@ _m2m_fields: dict[type[models.Model], models.ManyToManyField] = {}
 
 def register_m2m(field: models.ManyToManyField) -> type[models.Model]:
     through = field.remote_field.through
+    if through is None:  # pragma: no cover - Django resolves it before apps are ready
+        raise RuntimeError(f"{field} has no through model yet")
     _m2m_fields[through] = field
     return through
 

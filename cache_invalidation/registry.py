@@ -138,15 +138,17 @@ def _relation_problems(policies: dict[type[models.Model], Policy]) -> list[Probl
     for model, policy in policies.items():
         for relation in policy.related:
             if relation.target._meta.concrete_model not in declared:
-                problems.append(Problem(
-                    "cache_invalidation.E007",
-                    model,
-                    f"{model.__name__}.Meta.{OPTION}: related names {relation.name!r}, which "
-                    f"points at {relation.target._meta.label}, a model with no "
-                    f"{OPTION} declaration.",
-                    f"Declare {OPTION} on {relation.target._meta.label}, or drop "
-                    f"{relation.name!r} from related.",
-                ))
+                problems.append(
+                    Problem(
+                        "cache_invalidation.E007",
+                        model,
+                        f"{model.__name__}.Meta.{OPTION}: related names {relation.name!r}, which "
+                        f"points at {relation.target._meta.label}, a model with no "
+                        f"{OPTION} declaration.",
+                        f"Declare {OPTION} on {relation.target._meta.label}, or drop "
+                        f"{relation.name!r} from related.",
+                    )
+                )
     reported: set[frozenset[str]] = set()
 
     def visit(model: type[models.Model], path: list[type[models.Model]]) -> None:
@@ -156,19 +158,21 @@ def _relation_problems(policies: dict[type[models.Model], Policy]) -> list[Probl
         for relation in policy.related:
             target = relation.target
             if target in path:
-                cycle = [*path[path.index(target):], target]
+                cycle = [*path[path.index(target) :], target]
                 names = frozenset(m._meta.label for m in cycle)
                 if names not in reported:
                     reported.add(names)
                     chain = " -> ".join(m._meta.label for m in cycle)
-                    problems.append(Problem(
-                        "cache_invalidation.E008",
-                        cycle[0],
-                        f"{cycle[0].__name__}.Meta.{OPTION}: related relations form a cycle: "
-                        f"{chain}.",
-                        "Keep 'related' pointing one way (for example from the child to its "
-                        "parent) and tag the other direction explicitly.",
-                    ))
+                    problems.append(
+                        Problem(
+                            "cache_invalidation.E008",
+                            cycle[0],
+                            f"{cycle[0].__name__}.Meta.{OPTION}: related relations form a cycle: "
+                            f"{chain}.",
+                            "Keep 'related' pointing one way (for example from the child to its "
+                            "parent) and tag the other direction explicitly.",
+                        )
+                    )
                 continue
             visit(target, [*path, target])
 
@@ -232,7 +236,7 @@ def _policy_from_declaration(
         problem(
             "cache_invalidation.E001",
             f"must be a dict, not {type(declared).__name__}.",
-            'Write for example {"tags": ["%s:{pk}"]}.' % model._meta.model_name,
+            f'Write for example {{"tags": ["{model._meta.model_name}:{{pk}}"]}}.',
         )
         return None, problems
     for name in declared:
@@ -242,7 +246,9 @@ def _policy_from_declaration(
                 "cache_invalidation.E002",
                 f"unknown option {name!r}.",
                 (f"Did you mean {close[0]!r}? " if close else "")
-                + "Valid options are: " + ", ".join(OPTIONS) + ".",
+                + "Valid options are: "
+                + ", ".join(OPTIONS)
+                + ".",
             )
     resolver = _FieldResolver(model)
     # The key is always remembered: automatic tags name the row by it.
@@ -274,8 +280,11 @@ def _policy_from_declaration(
             for name in template.fields:
                 error = resolver.template_field_error(name)
                 if error:
-                    problem("cache_invalidation.E004", f"{_kind(option)} {source!r} {error[0]}",
-                            error[1])
+                    problem(
+                        "cache_invalidation.E004",
+                        f"{_kind(option)} {source!r} {error[0]}",
+                        error[1],
+                    )
                     ok = False
                 else:
                     tracked[resolver.attname(name)] = None
@@ -313,16 +322,18 @@ def _policy_from_declaration(
     if isinstance(raw_related, str) or not isinstance(raw_related, (list, tuple)):
         problem(
             "cache_invalidation.E003",
-            f"option 'related' must be a list of relation names, not "
-            f"{type(raw_related).__name__}.",
+            f"option 'related' must be a list of relation names, not {type(raw_related).__name__}.",
             'Write for example "related": ["product"].',
         )
         raw_related = ()
     for name in raw_related:
         relation = resolver.relation(name)
         if isinstance(relation, str):
-            problem("cache_invalidation.E007", f"related names {name!r}, {relation}",
-                    resolver.suggest_relation(name))
+            problem(
+                "cache_invalidation.E007",
+                f"related names {name!r}, {relation}",
+                resolver.suggest_relation(name),
+            )
             continue
         related.append(relation)
         if relation.forward:
@@ -431,15 +442,17 @@ class _FieldResolver:
             return f"which is a plain field of {meta.label}, not a relation."
         if found.concrete:  # ForeignKey / OneToOneField held by this model
             return Relation(name, found.related_model, found.attname, forward=True)
-        remote = found.field  # a reverse relation: the target holds the key
-        return Relation(name, found.related_model, remote.attname, forward=False)
+        if not isinstance(found, models.ForeignObjectRel):  # e.g. a GenericRelation
+            return f"which is not a foreign key, one-to-one or reverse relation of {meta.label}."
+        # A reverse relation: the target holds the key.
+        return Relation(name, found.related_model, found.field.attname, forward=False)
 
     def suggest_relation(self, name: Any) -> str:
         meta = self.model._meta
-        choices = [f.name for f in meta.get_fields() if f.is_relation and not f.many_to_many
-                   and f.concrete]
-        choices += [r.get_accessor_name() or "" for r in meta.related_objects
-                    if not r.many_to_many]
+        choices = [
+            f.name for f in meta.get_fields() if f.is_relation and not f.many_to_many and f.concrete
+        ]
+        choices += [r.get_accessor_name() or "" for r in meta.related_objects if not r.many_to_many]
         close = difflib.get_close_matches(str(name), choices, n=1)
         prefix = f"Did you mean {close[0]!r}? " if close else ""
         return prefix + "Relations: " + (", ".join(sorted(choices)) or "none") + "."

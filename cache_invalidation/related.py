@@ -44,9 +44,7 @@ def related_invalidations(
         else:
             owners = {s.get(pk_attname) for s in known} - {None}
             rows = (
-                _rows(target_policy, using, **{f"{relation.attname}__in": owners})
-                if owners
-                else []
+                _rows(target_policy, using, **{f"{relation.attname}__in": owners}) if owners else []
             )
         for row in rows:
             # The related row itself did not change: its always-on tags and keys apply.

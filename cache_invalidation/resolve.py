@@ -38,7 +38,7 @@ def collection_tag(label: str) -> str:
 
 def automatic_tags(model: type[models.Model], pks: Iterable[Any]) -> list[str]:
     """Instance tags of ``pks`` and the collection tag, for every label of ``model``."""
-    tags = []
+    tags: list[str] = []
     for label in auto_labels(model):
         tags.extend(instance_tag(label, pk) for pk in pks if pk is not None)
         tags.append(collection_tag(label))

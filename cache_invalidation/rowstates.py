@@ -99,8 +99,11 @@ def read_states(
 
 
 def conflicting_states(
-    model: type[models.Model], fields: list[str], objs: list[models.Model],
-    unique_fields: Sequence[str] | None, using: str,
+    model: type[models.Model],
+    fields: list[str],
+    objs: list[models.Model],
+    unique_fields: Sequence[str] | None,
+    using: str,
 ) -> dict[Any, State]:
     """The stored states of the rows an upsert of ``objs`` would overwrite, by key, locked."""
     meta = model._meta
@@ -114,15 +117,20 @@ def conflicting_states(
     with transaction.mark_for_rollback_on_error(using):
         for group in groups:
             columns = [f.attname for f in group]  # type: ignore[union-attr]
-            wanted = list(dict.fromkeys(
-                values for obj in objs
-                if None not in (values := tuple(getattr(obj, c) for c in columns))
-            ))
+            wanted = list(
+                dict.fromkeys(
+                    values
+                    for obj in objs
+                    if None not in (values := tuple(getattr(obj, c) for c in columns))
+                )
+            )
             for chunk in chunks(wanted, using, per_item=len(columns)):
                 if len(columns) == 1:
                     condition = models.Q(**{f"{columns[0]}__in": [v[0] for v in chunk]})
                 else:
-                    condition = reduce(or_, (models.Q(**dict(zip(columns, v))) for v in chunk))
+                    condition = reduce(
+                        or_, (models.Q(**dict(zip(columns, v, strict=True))) for v in chunk)
+                    )
                 rows = manager.using(using).filter(condition).order_by().values(*fields)
                 for row in locked(rows, using):
                     states[row[pk_attname]] = row
@@ -130,7 +138,10 @@ def conflicting_states(
 
 
 def created_states(
-    model: type[models.Model], fields: list[str], objs: list[models.Model], using: str,
+    model: type[models.Model],
+    fields: list[str],
+    objs: list[models.Model],
+    using: str,
     reread: bool,
 ) -> dict[Any, State]:
     """New states of bulk-created ``objs`` that have a key: from the objects where they hold

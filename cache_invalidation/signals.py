@@ -4,7 +4,8 @@
 - ``invalidation_applied(events, deleted, duration)``: the tags and keys were dropped.
 - ``invalidation_failed(events, error, stage, will_retry)``: publishing (``stage="publish"``) or
   applying (``stage="apply"``) failed; ``will_retry`` says whether it will be tried again.
-- ``dead_lettered(events, error)``: reserved for the dead-letter queue.
+- ``dead_lettered(dead_letter, events, error)``: a batch became a ``DeadLetter`` row with at
+  least ``ALERT_AFTER_ATTEMPTS`` attempts (sent with ``sender=DeadLetter``).
 """
 
 from django.dispatch import Signal

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import metrics
 from .events import InvalidationEvent
+from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -110,9 +111,9 @@ def _escalate(event: InvalidationEvent, reason: str) -> InvalidationEvent:
     logger.warning(
         "cache_invalidation: escalated event %s (%s) to %s: %s",
         event.id, event.type, coarse, reason,
-        extra={"event_ids": [event.id]},
+        extra=log_extra([event], stage="escalate"),
     )
-    metrics.incr("escalated")
+    metrics.incr("escalated", model=metrics.label(event))
     return replace(event, tags=tuple(coarse),
                    metadata={**event.metadata, "escalated": reason})
 
@@ -153,7 +154,7 @@ def _over_rate(events: list[InvalidationEvent], limit: int, window: int) -> set[
 
     from .conf import get_config
 
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for event in events:
         if event.entity_type:
             counts[event.entity_type] += int(event.metadata.get("rows", 1) or 1)

@@ -13,7 +13,7 @@ def suspended() -> bool:
     return _depth.get() > 0
 
 
-class no_invalidation(ContextDecorator):  # noqa: N801 - used like a function
+class no_invalidation(ContextDecorator):  # lowercase: used like a function
     """Writes inside the block emit no invalidation events.
 
     Nothing is queued for later: caches keep whatever the block made stale until their TTL, so

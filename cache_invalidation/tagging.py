@@ -9,15 +9,17 @@ what ``cache.set(key, ...)`` wrote.
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from . import recorder
 from .backends import MISSING, Backend
 
 _backends: dict[str, Backend] = {}
@@ -84,6 +86,15 @@ def _with_coarse(tags: list[str]) -> list[str]:
     return tags + [t for t in coarse_tags_for(tags) if t not in tags]
 
 
+def _capture_if(capture: bool) -> AbstractContextManager[set[str]]:
+    """Collect what the block reads (see :mod:`.capture`), or nothing with ``capture=False``."""
+    if not capture:
+        return nullcontext(set())
+    from .capture import capturing
+
+    return capturing()
+
+
 def _tags(tags: Iterable[str] | None) -> list[str]:
     if tags is None:
         return []
@@ -130,6 +141,7 @@ class TaggedCache:
     def get(self, key: str, default: Any = None) -> Any:
         """The value, or ``default`` if missing, expired or invalidated."""
         value = self.backend.get(key)
+        recorder.read(self, key, value is not MISSING)
         return default if value is MISSING else value
 
     def set(
@@ -137,7 +149,11 @@ class TaggedCache:
     ) -> bool:
         """Store ``value`` tagged with ``tags``. ``timeout`` is capped at ``MAX_TTL``
         (``None`` means ``MAX_TTL``). Returns whether it was stored."""
-        return self.backend.store(key, value, _with_coarse(_tags(tags)), self._timeout(timeout))
+        all_tags = _with_coarse(_tags(tags))
+        ttl = self._timeout(timeout)
+        stored = self.backend.store(key, value, all_tags, ttl)
+        recorder.write(self, key, all_tags, ttl, stored)
+        return stored
 
     def index_stats(self) -> dict[str, int]:
         """Size of the tag index (Redis): tag sets, members, dead members. Scans; not for hot
@@ -184,13 +200,15 @@ class TaggedCache:
         from .capture import is_active, record
 
         nested = is_active()
+        want_tags = nested or recorder.current() is not None
         while True:
             found = self.backend.lookup(
-                key, token, config["LEASE_TIMEOUT"], stale_while_revalidate, nested
+                key, token, config["LEASE_TIMEOUT"], stale_while_revalidate, want_tags
             )
             if found.value is not MISSING:
                 if nested:  # an enclosing computation depends on everything this entry does
                     record(found.tags or tag_list)
+                recorder.read(self, key, True, found.tags or tag_list)
                 return found.value
             if found.leased or token is None:
                 held = token if found.leased else None
@@ -218,10 +236,8 @@ class TaggedCache:
         capture: bool,
         keep_stale: bool,
     ) -> Any:
-        from .capture import capturing
-
         try:
-            with capturing() if capture else nullcontext(set()) as captured:
+            with _capture_if(capture) as captured:
                 value = default() if callable(default) else default
         except BaseException:
             if lease:
@@ -236,7 +252,7 @@ class TaggedCache:
         key: str,
         value: Any,
         tags: list[str],
-        captured: set[str],
+        captured: builtins.set[str],  # `set` is a method name in this class
         timeout: int | None,
         since: int,
         lease: str | None,
@@ -244,12 +260,15 @@ class TaggedCache:
     ) -> bool:
         all_tags = _with_coarse(tags + sorted(captured.difference(tags)))
         stale_ttl = int(_config()["STALE_TTL"]) if keep_stale else 0
-        return self.backend.store(
-            key, value, all_tags, self._timeout(timeout), since, lease, stale_ttl
-        )
+        ttl = self._timeout(timeout)
+        stored = self.backend.store(key, value, all_tags, ttl, since, lease, stale_ttl)
+        recorder.read(self, key, False, all_tags)
+        recorder.write(self, key, all_tags, ttl, stored)
+        return stored
 
     def delete(self, key: str) -> bool:
         """Delete one entry; return whether it existed (stamp backends: whether deleted)."""
+        recorder.delete(self, key)
         return self.backend.delete(key)
 
     def invalidate_tags(self, tags: Sequence[str]) -> int:
@@ -260,7 +279,9 @@ class TaggedCache:
         a failed invalidation as done. To invalidate after a transaction commits, through the
         configured transport, use :func:`cache_invalidation.invalidate`.
         """
-        return self.backend.invalidate(_tags(tags), [])
+        tag_list = _tags(tags)
+        recorder.invalidated(self, tag_list)
+        return self.backend.invalidate(tag_list, [])
 
     def invalidate_many(
         self, tags: Sequence[str] = (), keys: Sequence[str] = (), drains: Sequence[str] = ()
@@ -296,8 +317,6 @@ class TaggedCache:
         import asyncio
         import inspect
 
-        from .capture import capturing
-
         tag_list = _tags(tags)
         config = _config()
         token = uuid.uuid4().hex if lease else None
@@ -307,12 +326,14 @@ class TaggedCache:
         from .capture import is_active, record
 
         nested = is_active()
+        want_tags = nested or recorder.current() is not None
         while True:
             found = await lookup(key, token, config["LEASE_TIMEOUT"], stale_while_revalidate,
-                                 nested)
+                                 want_tags)
             if found.value is not MISSING:
                 if nested:
                     record(found.tags or tag_list)
+                recorder.read(self, key, True, found.tags or tag_list)
                 return found.value
             held = token if found.leased else None
             if not (found.leased or token is None):
@@ -326,7 +347,7 @@ class TaggedCache:
                     pause = min(pause * 2, 0.05)
                     continue
             try:
-                with capturing() if capture else nullcontext(set()) as captured:
+                with _capture_if(capture) as captured:
                     if inspect.iscoroutinefunction(default):
                         value = await default()
                     elif callable(default):
@@ -351,4 +372,5 @@ class TaggedCache:
         return await sync_to_async(self.invalidate_tags, thread_sensitive=False)(tags)
 
 
+#: The tag-aware cache on ``CACHE_INVALIDATION["CACHE_ALIAS"]`` (a :class:`TaggedCache`).
 tagged_cache = TaggedCache()

@@ -9,11 +9,13 @@ runs rather than frozen into decorator arguments at import time, so settings sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,6 +23,7 @@ from .apply import apply_events, report_failure
 from .backends import PartialInvalidation
 from .conf import get_config
 from .events import InvalidEventError, decode_batch
+from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -48,37 +51,37 @@ def backoff(retries: int, config: dict[str, Any]) -> float:
     reject_on_worker_lost=True,
     serializer="json",
     ignore_result=True,
+    max_retries=None,  # per call: MAX_RETRIES for cache errors, unbounded while the DB is down
 )
 def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int:
     """Apply one published batch (a list of event dicts). Returns entries deleted.
 
-    Every way out ends applied, retried, or in the dead-letter queue: a malformed message is
-    dead-lettered at once; a Redis connection error or timeout is retried, then dead-lettered;
-    a message redelivered ``MAX_DELIVERIES`` times (its workers kept dying) is dead-lettered
-    instead of looping forever.
+    Every way out ends applied, retried, or in the dead-letter queue: a malformed message
+    (or an event over ``MAX_EVENT_BYTES``) is dead-lettered at once; a Redis connection error
+    or timeout is retried, then dead-lettered; a message redelivered ``MAX_DELIVERIES`` times
+    (its workers kept dying) is dead-lettered instead of looping forever. A dead letter the
+    database cannot take is not acknowledged away: the message is retried later.
     """
-    from . import deadletter
     from .models import DeadLetter
 
     config = get_config()
     try:
-        events = decode_batch(payload)
+        events = decode_batch(payload, max_event_bytes=int(config["MAX_EVENT_BYTES"]))
     except InvalidEventError as exc:
         report_failure([], exc, stage="decode", will_retry=False)
-        deadletter.record(payload, DeadLetter.Reason.MALFORMED, exc)
-        return 0
+        return _dead_letter(self, payload, DeadLetter.Reason.MALFORMED, exc)
     deliveries = _count_delivery(self.request)
     if deliveries > int(config["MAX_DELIVERIES"]):
         error = f"delivered {deliveries} times to workers that died before finishing it"
         report_failure(events, RuntimeError(error), stage="apply", will_retry=False)
-        deadletter.record(events, DeadLetter.Reason.WORKER_LOST, error, attempts=deliveries)
-        return 0
+        return _dead_letter(self, events, DeadLetter.Reason.WORKER_LOST, error,
+                            attempts=deliveries)
     attempts = self.request.retries + 1
     logger.info(
         "cache_invalidation: applying %d event(s) (attempt %d, delivery %d): tags %s, keys %s",
         len(events), attempts, deliveries,
         sorted({t for e in events for t in e.tags}), sorted({k for e in events for k in e.keys}),
-        extra={"event_ids": [e.id for e in events], "task_id": self.request.id},
+        extra=log_extra(events, stage="apply", task_id=self.request.id),
     )
     try:
         deleted = apply_events(events, drains=drains or ())
@@ -91,11 +94,30 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
         return _retry_or_dead_letter(self, events, exc, config, attempts, drains=drains or ())
     except Exception as exc:
         report_failure(events, exc, stage="apply", will_retry=False)
-        deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc, attempts=attempts,
-                          drains=drains or ())
-        return 0
+        return _dead_letter(self, events, DeadLetter.Reason.APPLY_FAILED, exc,
+                            attempts=attempts, drains=drains or ())
     _forget_delivery(self.request)
     return deleted
+
+
+def _dead_letter(task: Any, events: Any, reason: str, error: Any, **fields: Any) -> int:
+    """Write the dead letter: the one place the task does. If the database cannot take it,
+    the message must not be acknowledged with the events recorded nowhere but a log line:
+    retry it later (with backoff, as often as it takes), or leave it to the broker."""
+    from . import deadletter
+
+    if deadletter.record(events, reason, error, **fields) is not None:
+        return 0
+    countdown = backoff(task.request.retries, get_config())
+    logger.critical(
+        "cache_invalidation: the dead letter could not be written; the message is retried "
+        "in %.1f s", countdown,
+        extra=log_extra(events if isinstance(events, list) else [], stage="dead_letter"),
+    )
+    try:
+        raise task.retry(countdown=countdown, kwargs=task.request.kwargs)
+    except Reject as rejected:  # the broker cannot take the retry either: redeliver this one
+        raise Reject(getattr(rejected, "reason", rejected), requeue=True) from None
 
 
 def _retry_or_dead_letter(
@@ -109,21 +131,29 @@ def _retry_or_dead_letter(
     keys: Any = None,
     drains: Any = (),
 ) -> int:
-    from . import deadletter
     from .models import DeadLetter
 
     will_retry = task.request.retries < int(config["MAX_RETRIES"])
     report_failure(events, exc, stage="apply", will_retry=will_retry)
     if will_retry:
-        raise task.retry(
-            exc=exc,
-            countdown=backoff(task.request.retries, config),
-            max_retries=int(config["MAX_RETRIES"]),
-            kwargs=kwargs if kwargs is not None else task.request.kwargs,
-        )
-    deadletter.record(events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc, attempts=attempts,
-                      tags=tags, keys=keys, drains=drains)
-    return 0
+        try:
+            raise task.retry(
+                exc=exc,
+                countdown=backoff(task.request.retries, config),
+                max_retries=int(config["MAX_RETRIES"]),
+                kwargs=kwargs if kwargs is not None else task.request.kwargs,
+            )
+        except Reject as rejected:
+            # Celery rejects (drops) the message when it cannot publish the retry (the broker
+            # is down or out of memory): dead-letter the events instead of losing them.
+            return _dead_letter(
+                task, events, DeadLetter.Reason.PUBLISH_FAILED,
+                f"the retry could not be published ({getattr(rejected, 'reason', rejected)!r}) after: "
+                f"{type(exc).__name__}: {exc}",
+                attempts=attempts, tags=tags, keys=keys, drains=drains,
+            )
+    return _dead_letter(task, events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc,
+                        attempts=attempts, tags=tags, keys=keys, drains=drains)
 
 
 def _delivery_key(request: Any) -> str:
@@ -133,10 +163,8 @@ def _delivery_key(request: Any) -> str:
 def _forget_delivery(request: Any) -> None:
     from django.core.cache import caches
 
-    try:
+    with contextlib.suppress(Exception):  # it expires with DEDUP_WINDOW anyway
         caches[get_config()["CACHE_ALIAS"]].delete(_delivery_key(request))
-    except Exception:
-        pass  # it expires with DEDUP_WINDOW anyway
 
 
 def _count_delivery(request: Any) -> int:
@@ -164,7 +192,8 @@ def prune_tag_index() -> dict[str, int]:
     from .tagging import TaggedCache
 
     result = TaggedCache().prune_index()
-    logger.info("cache_invalidation: pruned the tag index: %s", result)
+    logger.info("cache_invalidation: pruned the tag index: %s", result,
+                extra=log_extra(stage="prune"))
     return result
 
 
@@ -180,7 +209,8 @@ def replay_dead_letters(limit: int = 100) -> dict[str, Any]:
     due = list(deadletter.pending(due_only=True).values_list("pk", flat=True)[:limit])
     result = deadletter.replay(due).as_dict()
     if due:
-        logger.info("cache_invalidation: automatic replay: %s", result)
+        logger.info("cache_invalidation: automatic replay: %s", result,
+                    extra=log_extra(stage="replay"))
     return result
 
 
@@ -191,5 +221,6 @@ def relay_outbox(limit: int = 500) -> dict[str, Any]:
 
     result = outbox.relay(limit=limit).as_dict()
     if result["batches"] or result["failed"]:
-        logger.info("cache_invalidation: outbox relay: %s", result)
+        logger.info("cache_invalidation: outbox relay: %s", result,
+                    extra=log_extra(stage="relay"))
     return result

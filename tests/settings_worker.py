@@ -20,7 +20,13 @@ CACHE_INVALIDATION = {
     "RETRY_BACKOFF": 0.5,
     "RETRY_BACKOFF_MAX": 1,
     "RETRY_JITTER": False,
+    "MAX_RETRIES": int(os.environ.get("WORKER_MAX_RETRIES", "8")),
 }
+
+if os.environ.get("WORKER_SOCKET_TIMEOUT"):  # a cache that times out sooner than the suite's
+    _timeout = float(os.environ["WORKER_SOCKET_TIMEOUT"])
+    CACHES["default"]["OPTIONS"] = {  # noqa: F405
+        "SOCKET_CONNECT_TIMEOUT": _timeout, "SOCKET_TIMEOUT": _timeout}
 
 CELERY_BROKER_URL = os.environ["WORKER_BROKER_URL"]
 CELERY_TASK_DEFAULT_QUEUE = os.environ["WORKER_QUEUE"]

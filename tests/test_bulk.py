@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 
+import django
 import pytest
 from django.core.exceptions import FieldDoesNotExist
 from django.db import connection, connections, transaction
@@ -378,10 +379,15 @@ def test_bulk_create_with_update_conflicts_invalidates_the_overwritten_rows(shop
     [event] = recorder.events
     assert event.type == "shop.Product.bulk_created" and event.metadata == {"rows": 2}
     fresh = created[1]
+    if django.VERSION < (5, 0):  # Django 4.2 sets no key on the objects an upsert inserted
+        assert fresh.pk is None
+        fresh_tags = {f"category:{c5.pk}:products", f"pricing:{c5.pk}"}  # templates without {pk}
+    else:
+        fresh_tags = product_tags(fresh.pk, c5.pk, every_rule=True)
     assert declared(event.tags) == (
         product_tags(existing.pk, c3.pk)  # the overwritten row's old state
         | product_tags(existing.pk, c4.pk)
-        | product_tags(fresh.pk, c5.pk, every_rule=True)
+        | fresh_tags
     )
     assert set(event.changed_fields) == {"price", "category"}
     assert Product.objects.get(pk=existing.pk).category_id == c4.pk

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 
+import django
 import pytest
 from django.core import mail
 from django.core.management import call_command
@@ -133,8 +134,12 @@ def test_malformed_dead_letters_fail_replay_until_discarded():
     assert DeadLetter.objects.get(pk=letter.pk).status == "discarded"
 
 
+# Django 6.0 deprecates (name, address) pairs; before it, ADMINS must hold pairs.
+ADMINS = ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
+
+
 def test_alert_past_the_threshold(settings, caplog):
-    settings.ADMINS = [("Ops", "ops@example.com")]
+    settings.ADMINS = ADMINS
     settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "ALERT_AFTER_ATTEMPTS": 2}
     seen = []
     signals.dead_lettered.connect(lambda **kw: seen.append(kw), weak=False, dispatch_uid="t")
@@ -155,8 +160,22 @@ def test_alert_past_the_threshold(settings, caplog):
     assert f"replay_dead_letters --id {loud.pk}" in email.body
 
 
+def test_an_alert_mail_that_cannot_be_sent_is_logged_not_raised(settings, caplog, monkeypatch):
+    settings.ADMINS = ADMINS
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "ALERT_AFTER_ATTEMPTS": 1}
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("no mail server")
+
+    monkeypatch.setattr("django.core.mail.mail_admins", refuse)
+    with caplog.at_level(logging.ERROR, logger="cache_invalidation"):
+        row = deadletter.record([invalidate_event("c")], "retries_exhausted", "x", attempts=1)
+    assert DeadLetter.objects.filter(pk=row.pk).exists()
+    assert f"cache_invalidation: could not mail ADMINS about dead letter #{row.pk}" in caplog.text
+
+
 def test_alert_email_can_be_turned_off(settings):
-    settings.ADMINS = [("Ops", "ops@example.com")]
+    settings.ADMINS = ADMINS
     settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAIL_ADMINS": False}
     deadletter.record([invalidate_event("b")], "retries_exhausted", "x", attempts=9)
     assert mail.outbox == []

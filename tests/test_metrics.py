@@ -142,13 +142,14 @@ def _stats(client: redis.Redis) -> tuple[int, dict[str, int]]:
 
 
 def test_recording_a_batch_is_one_pipelined_round_trip(private_cache):
-    products = [InvalidationEvent(type="shop.Product.updated", entity_type="shop.Product")
-                for _ in range(40)]
-    manual = [InvalidationEvent(type="manual") for _ in range(10)]
+    committed = time.time()  # one timestamp: every lag falls in the same histogram bucket
+    products = [InvalidationEvent(type="shop.Product.updated", entity_type="shop.Product",
+                                  timestamp=committed) for _ in range(40)]
+    manual = [InvalidationEvent(type="manual", timestamp=committed) for _ in range(10)]
     metrics.record_published([products[0]], "sync")  # opens the cache's connection
     reads_before, before = _stats(private_cache)
 
-    metrics.record_applied(products + manual)
+    metrics.record_applied(products + manual, now=committed + 0.003)
 
     reads_after, after = _stats(private_cache)
     # One read of the whole pipeline, and one for the INFO that measures it.

@@ -114,7 +114,7 @@ def test_stale_while_revalidate_serves_the_previous_value_while_one_recomputes(a
     assert computing.wait(10)
     started = time.monotonic()
     assert cache.get_or_set("page", lambda: "never", tags=["t"], stale_while_revalidate=True) == "v1"
-    assert time.monotonic() - started < 1  # did not wait for the lease holder
+    assert time.monotonic() - started < 3  # did not wait LEASE_WAIT (5 s) for the holder
     finish.set()
     thread.join(10)
     assert result == {"value": "v2"}
@@ -152,4 +152,4 @@ def test_a_failed_computation_releases_the_lease(alias):
         cache.get_or_set("k", boom, tags=["t"])
     started = time.monotonic()
     assert cache.get_or_set("k", lambda: "ok", tags=["t"]) == "ok"
-    assert time.monotonic() - started < 1  # nobody waited for a dead lease
+    assert time.monotonic() - started < 3  # nobody waited LEASE_WAIT (5 s) for a dead lease

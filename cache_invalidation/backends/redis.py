@@ -4,7 +4,14 @@ Layout (every name passes through the cache's ``make_key``, so ``KEY_PREFIX``/``
 apply): the value at ``make_key(key)``; the members of a tag at ``make_key("ci:t:" + tag)``;
 the tag's version at ``make_key("ci:v:" + tag)``; the invalidation sequence at
 ``make_key("ci:seq")``; a compute lease at ``make_key("ci:l:" + key)``; a stale copy at
-``make_key("ci:s:" + key)``.
+``make_key("ci:s:" + key)``; an entry's tags, as a JSON list, at ``make_key("ci:tl:" + key)``.
+
+The sequence survives nothing but itself: when Redis lost it (restarted empty, flushed, the
+key expired), the next invalidation or missed lookup starts it again from the server clock in
+microseconds and records that start as the *epoch* (``make_key("ci:epoch")``). A store whose
+lookup saw a number older than the epoch, or above the current sequence (lost, not restarted
+yet), is refused: a value computed before the loss cannot be stored as fresh after it (its
+tags' versions may have been lost with the sequence).
 
 Invalidation is one Lua script per batch: it bumps the sequence, writes it as the version of
 every tag (so no computation that started earlier can store under them any more), deletes the
@@ -25,6 +32,7 @@ be reported as done.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
@@ -32,6 +40,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..logfields import log_extra
 from . import MISSING, Lookup, PartialInvalidation
 
 logger = logging.getLogger("cache_invalidation")
@@ -39,15 +48,22 @@ logger = logging.getLogger("cache_invalidation")
 #: Members deleted per script call: well under a millisecond of Redis time.
 CHUNK = 200
 
-# KEYS: value, seq, lease, stale, tag list. ARGV: want lease, token, lease ttl ms, want stale,
-# want tags (the entry's tags, for an enclosing capture).
+# KEYS: value, seq, lease, stale, tag list, epoch. ARGV: want lease, token, lease ttl ms,
+# want stale, want tags (the entry's tags, for an enclosing capture), sequence ttl ms.
 _LOOKUP = """
 local value = redis.call('GET', KEYS[1])
-local since = redis.call('GET', KEYS[2]) or '0'
 if value then
   local tags = false
   if ARGV[5] == '1' then tags = redis.call('GET', KEYS[5]) end
-  return {value, since, 0, false, tags}
+  return {value, redis.call('GET', KEYS[2]) or '0', 0, false, tags}
+end
+local since = redis.call('GET', KEYS[2])
+if not since then
+  -- No sequence (first use, or lost): start it, so that the store can tell a later loss.
+  local now = redis.call('TIME')
+  since = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[2], since, 'PX', ARGV[6])
+  redis.call('SET', KEYS[6], since, 'PX', ARGV[6])
 end
 local leased = 0
 if ARGV[1] == '1' and redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
@@ -58,9 +74,9 @@ if ARGV[4] == '1' then stale = redis.call('GET', KEYS[4]) end
 return {false, since, leased, stale, false}
 """
 
-# KEYS: value, lease, stale, tag list, n tag sets, n versions.
+# KEYS: value, lease, stale, tag list, n tag sets, n versions, epoch, seq.
 # ARGV: value, ttl ms, index ttl ms, n, since ('' = unconditional), token, stale ttl ms,
-# the tags joined by newlines (kept beside the value so a nested capture can learn them).
+# the tags as a JSON list (kept beside the value so a nested capture can learn them).
 _STORE = """
 local n = tonumber(ARGV[4])
 local function release()
@@ -68,6 +84,10 @@ local function release()
 end
 if ARGV[5] ~= '' then
   local since = tonumber(ARGV[5])
+  local epoch = redis.call('GET', KEYS[5 + 2 * n])
+  if epoch and tonumber(epoch) > since then release() return 0 end
+  local seq = redis.call('GET', KEYS[6 + 2 * n])
+  if since > 0 and (not seq or tonumber(seq) < since) then release() return 0 end
   for i = 1, n do
     local version = redis.call('GET', KEYS[4 + n + i])
     if version and tonumber(version) > since then release() return 0 end
@@ -90,11 +110,20 @@ release()
 return 1
 """
 
-# KEYS: seq, n tag sets, n versions, plain keys. ARGV: n, index ttl ms, budget, drain prefix.
+# KEYS: seq, n tag sets, n versions, epoch, plain keys.
+# ARGV: n, index ttl ms, budget, drain prefix.
 _INVALIDATE = """
 local n = tonumber(ARGV[1])
-local seq = redis.call('INCR', KEYS[1])
+local epoch = KEYS[2 * n + 2]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local now = redis.call('TIME')
+  local start = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[1], start)
+  redis.call('SET', epoch, start)
+end
+local seq = string.format('%d', redis.call('INCR', KEYS[1]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 4)
+if redis.call('EXISTS', epoch) == 1 then redis.call('PEXPIRE', epoch, tonumber(ARGV[2]) * 4) end
 local budget = tonumber(ARGV[3])
 local deleted = 0
 local draining = {}
@@ -116,7 +145,7 @@ for i = 1, n do
     draining[#draining + 1] = target
   end
 end
-for i = 2 * n + 2, #KEYS do
+for i = 2 * n + 3, #KEYS do
   deleted = deleted + redis.call('DEL', KEYS[i])
 end
 return {deleted, draining}
@@ -171,7 +200,8 @@ class RedisTagBackend:
 
     def _tolerate(self, exc: RedisError, what: str) -> bool:
         if getattr(self.cache, "_ignore_exceptions", False):
-            logger.warning("cache_invalidation: %s failed and was ignored: %s", what, exc)
+            logger.warning("cache_invalidation: %s failed and was ignored: %s", what, exc,
+                           extra=log_extra(stage="store"))
             return True
         return False
 
@@ -191,16 +221,16 @@ class RedisTagBackend:
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
         keys = [self._key(key), self._key("ci:seq"), self._key("ci:l:" + key),
-                self._key("ci:s:" + key), self._key("ci:m:" + key)]
+                self._key("ci:s:" + key), self._key("ci:tl:" + key), self._key("ci:epoch")]
         args = ["1" if lease else "0", lease or "", int(lease_ttl * 1000), "1" if stale else "0",
-                "1" if tags else "0"]
+                "1" if tags else "0", self._index_ttl_ms() * 4]
         try:
             value, since, leased, stale_raw, tag_list = self._run(_LOOKUP, keys, args)
         except RedisError as exc:
             if self._tolerate(exc, "get"):
                 return Lookup(MISSING, 0)
             raise
-        found = tag_list.decode().split("\n") if tag_list else []
+        found = _tag_list(tag_list)
         return Lookup(self._decode(value), int(since), bool(leased), self._decode(stale_raw),
                       found)
 
@@ -216,7 +246,8 @@ class RedisTagBackend:
     ) -> bool:
         tag_keys, version_keys = self._tag_keys(tags)
         keys = [self._key(key), self._key("ci:l:" + key), self._key("ci:s:" + key),
-                self._key("ci:m:" + key), *tag_keys, *version_keys]
+                self._key("ci:tl:" + key), *tag_keys, *version_keys, self._key("ci:epoch"),
+                self._key("ci:seq")]
         args = [
             self.client_wrapper.encode(value),
             timeout * 1000,
@@ -225,7 +256,7 @@ class RedisTagBackend:
             "" if since is None else since,
             lease or "",
             (timeout + keep_stale) * 1000 if keep_stale else 0,
-            "\n".join(tags),
+            json.dumps(list(tags), ensure_ascii=False),
         ]
         try:
             return bool(self._run(_STORE, keys, args))
@@ -256,7 +287,8 @@ class RedisTagBackend:
         drain_prefix = self._key(f"ci:d:{uuid.uuid4().hex[:8]}:")
         done, draining = self._run(
             _INVALIDATE,
-            [self._key("ci:seq"), *tag_keys, *version_keys, *(self._key(k) for k in keys)],
+            [self._key("ci:seq"), *tag_keys, *version_keys, self._key("ci:epoch"),
+             *(self._key(k) for k in keys)],
             [len(tags), self._index_ttl_ms(), CHUNK, drain_prefix],
         )
         deleted += int(done)
@@ -280,7 +312,9 @@ class RedisTagBackend:
 
     # -- maintenance ----------------------------------------------------------------------
     def _tag_sets(self) -> Iterator[bytes]:
-        return self._redis().scan_iter(match=self._key("ci:t:") + "*", count=1000)
+        # The prefix is escaped: a KEY_PREFIX with glob characters must not match (and prune)
+        # the tag sets of other prefixes in the same database.
+        return self._redis().scan_iter(match=_glob_escape(self._key("ci:t:")) + "*", count=1000)
 
     def prune(self) -> dict[str, int]:
         """Remove members whose entry expired from every tag set; chunked, never blocking."""
@@ -305,6 +339,21 @@ class RedisTagBackend:
                     pipe.exists(member)
                 dead += sum(1 for alive in pipe.execute() if not alive)
         return {"tag_sets": sets, "members": members, "dead_members": dead}
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _tag_list(raw: bytes | None) -> list[str]:
+    """An entry's tags as stored beside it (a JSON list: tags may contain any character)."""
+    if not raw:
+        return []
+    try:
+        tags = json.loads(raw)
+    except ValueError:
+        return []
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
 def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:

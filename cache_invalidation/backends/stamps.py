@@ -1,11 +1,17 @@
 """Tag versions ("stamps") on any Django cache backend: LocMem, database, file, memcached.
 
 An invalidation bumps the sequence ``"ci:seq"`` and writes it as the version of each tag
-(``"ci:v:" + tag``). An entry is stored together with the versions its tags had when it was
-stored; reading it compares them with the current ones, and any difference (or a version that
-was evicted) makes it a miss. So invalidated entries die without being found, and expire with
+(``"ci:v:" + tag``; a tag that is not a portable cache key, with spaces, control characters
+or over 200 characters, is named by its SHA-256 instead: ``"ci:vh:" + hexdigest``). An entry
+is stored together with the versions its tags had when it was stored; reading it compares
+them with the current ones, and any difference (or a version that was evicted) makes it a
+miss. So invalidated entries die without being found, and expire with
 their TTL. A store given ``since`` is refused when a tag's version is newer, which closes the
 race between computing a value and storing it.
+
+The sequence starts from the clock (microseconds), so a sequence the cache lost (cleared,
+evicted, restarted) starts again above every number handed out before; a store whose lookup
+saw a number above the current sequence is refused, as its tags' versions may be lost too.
 
 The guarantee rests on the backend's ``incr`` and ``add`` being atomic (LocMem, memcached and
 Redis are; the database and file backends are not, so there two concurrent invalidations
@@ -14,12 +20,21 @@ can share a sequence number and the no-stale-set check is best effort).
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import MISSING, Lookup
 
 SEQ = "ci:seq"
+
+
+def version_key(tag: str) -> str:
+    """The cache key of a tag's version; any tag gives a key memcached accepts."""
+    if len(tag) <= 200 and all(32 < ord(c) < 127 for c in tag):
+        return "ci:v:" + tag
+    return "ci:vh:" + hashlib.sha256(tag.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Stamped:
@@ -50,15 +65,15 @@ class StampBackend:
         return int(self.cache.get(SEQ) or 0)
 
     def _bump(self) -> int:
-        self.cache.add(SEQ, 0, self._ttl() * 4)
+        self.cache.add(SEQ, time.time_ns() // 1000, self._ttl() * 4)
         try:
             return int(self.cache.incr(SEQ))
         except ValueError:  # evicted between add and incr
-            self.cache.add(SEQ, 1, self._ttl() * 4)
+            self.cache.add(SEQ, time.time_ns() // 1000, self._ttl() * 4)
             return int(self.cache.incr(SEQ))
 
     def _versions(self, tags: Sequence[str]) -> dict[str, int | None]:
-        keys = {"ci:v:" + t: t for t in tags}
+        keys = {version_key(t): t for t in tags}
         found = self.cache.get_many(list(keys)) if keys else {}
         return {t: found.get(k) for k, t in keys.items()}
 
@@ -76,10 +91,18 @@ class StampBackend:
     def get(self, key: str) -> Any:
         return self._unwrap(self.cache.get(key))
 
+    def _since(self) -> int:
+        """The sequence, started now if missing (so a store can tell it was lost later)."""
+        seq = self.cache.get(SEQ)
+        if seq is None:
+            self.cache.add(SEQ, time.time_ns() // 1000, self._ttl() * 4)
+            seq = self.cache.get(SEQ)
+        return int(seq or 0)
+
     def lookup(
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
-        since = self._seq()
+        since = self._since()
         raw = self.cache.get(key)
         value = self._unwrap(raw)
         if value is not MISSING:
@@ -100,6 +123,8 @@ class StampBackend:
         keep_stale: int = 0,
     ) -> bool:
         try:
+            if since is not None and self._seq() < since:
+                return False  # the sequence was lost after the lookup: so may the versions be
             versions = self._versions(tags)
             missing = [t for t, v in versions.items() if v is None]
             if missing:
@@ -107,7 +132,7 @@ class StampBackend:
                 # the current sequence, which refuses this store if anything moved meanwhile.
                 current = self._seq()
                 for tag in missing:
-                    self.cache.add("ci:v:" + tag, current, self._ttl())
+                    self.cache.add(version_key(tag), current, self._ttl())
                 versions = self._versions(tags)
             if any(v is None for v in versions.values()):
                 return False
@@ -136,7 +161,7 @@ class StampBackend:
     ) -> int:
         if tags:
             seq = self._bump()
-            failed = self.cache.set_many({"ci:v:" + t: seq for t in tags}, self._ttl())
+            failed = self.cache.set_many({version_key(t): seq for t in tags}, self._ttl())
             if failed:
                 raise RuntimeError(f"could not write new versions for tags {failed!r}")
         if keys:

@@ -72,7 +72,7 @@ class CacheTaggedNode(Node):
         cache = self._cache(context)
         vary_on = [_resolve(expr, context, strict=False) for expr in self.vary_on]
         key = fragment_key(self.fragment_name, vary_on)
-        return cache.get_or_set(  # type: ignore[no-any-return]
+        return cache.get_or_set(
             key, lambda: self.nodelist.render(context), tags=tags, timeout=timeout
         )
 

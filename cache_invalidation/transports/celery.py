@@ -27,7 +27,7 @@ class CeleryTransport:
         if queue:
             options["queue"] = queue
         try:
-            apply_batch.apply_async(args=[encode_batch(events)], **options)
+            apply_batch.apply_async(args=(encode_batch(events),), **options)
         except Exception as exc:
             from .. import deadletter
             from ..models import DeadLetter
