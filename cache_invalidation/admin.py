@@ -30,15 +30,34 @@ class _ReadOnly(admin.ModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(_ReadOnly):
-    list_display = ("id", "reason", "models_affected", "status", "attempts", "first_failed_at",
-                    "last_failed_at")
+    list_display = (
+        "id",
+        "reason",
+        "models_affected",
+        "status",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+    )
     list_filter = ("status", "reason", "models_affected", "last_failed_at")
     search_fields = ("models_affected", "last_error")
     date_hierarchy = "last_failed_at"
     actions = ["replay_selected", "discard_selected"]
-    fields = ("reason", "status", "models_affected", "attempts", "first_failed_at",
-              "last_failed_at", "next_attempt_at", "resolved_at", "last_error", "tags", "keys",
-              "drains", "events_json")
+    fields = (
+        "reason",
+        "status",
+        "models_affected",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+        "next_attempt_at",
+        "resolved_at",
+        "last_error",
+        "tags",
+        "keys",
+        "drains",
+        "events_json",
+    )
     readonly_fields = fields
 
     @admin.display(description=_("events"))
@@ -53,24 +72,41 @@ class DeadLetterAdmin(_ReadOnly):
         ids = list(queryset.filter(status=DeadLetter.Status.PENDING).values_list("pk", flat=True))
         result = deadletter.replay(ids)
         if result.replayed:
-            self.message_user(request, ngettext(
-                "Replayed %(count)d dead letter.", "Replayed %(count)d dead letters.",
-                len(result.replayed)) % {"count": len(result.replayed)}, messages.SUCCESS)
+            self.message_user(
+                request,
+                ngettext(
+                    "Replayed %(count)d dead letter.",
+                    "Replayed %(count)d dead letters.",
+                    len(result.replayed),
+                )
+                % {"count": len(result.replayed)},
+                messages.SUCCESS,
+            )
         if result.failed:
-            self.message_user(request, ngettext(
-                "%(count)d dead letter failed again and stays pending.",
-                "%(count)d dead letters failed again and stay pending.",
-                len(result.failed)) % {"count": len(result.failed)}, messages.ERROR)
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d dead letter failed again and stays pending.",
+                    "%(count)d dead letters failed again and stay pending.",
+                    len(result.failed),
+                )
+                % {"count": len(result.failed)},
+                messages.ERROR,
+            )
         if not ids:
-            self.message_user(request, _("No pending dead letters were selected."),
-                              messages.WARNING)
+            self.message_user(
+                request, _("No pending dead letters were selected."), messages.WARNING
+            )
 
     @admin.action(permissions=["replay"], description=_("Discard selected dead letters"))
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         count = deadletter.discard(queryset.values_list("pk", flat=True))
-        self.message_user(request, ngettext(
-            "Discarded %(count)d dead letter.", "Discarded %(count)d dead letters.", count)
-            % {"count": count}, messages.SUCCESS)
+        self.message_user(
+            request,
+            ngettext("Discarded %(count)d dead letter.", "Discarded %(count)d dead letters.", count)
+            % {"count": count},
+            messages.SUCCESS,
+        )
 
 
 @admin.register(OutboxEvent)
@@ -93,9 +129,12 @@ class OutboxEventAdmin(_ReadOnly):
 
         backlog = outbox.backlog()
         if backlog["rows"]:
-            self.message_user(request, _("Backlog: %(rows)d row(s), oldest %(age)d s old.")
-                              % {"rows": backlog["rows"], "age": backlog["oldest_age"] or 0},
-                              messages.INFO)
+            self.message_user(
+                request,
+                _("Backlog: %(rows)d row(s), oldest %(age)d s old.")
+                % {"rows": backlog["rows"], "age": backlog["oldest_age"] or 0},
+                messages.INFO,
+            )
         return super().changelist_view(request, extra_context)
 
 
@@ -104,15 +143,46 @@ class ManualInvalidationAdmin(_ReadOnly):
     """The audit log: one row per submission of the page or run of ``invalidate_cache``.
     Nobody may add, change or delete rows here."""
 
-    list_display = ("created_at", "username", "source", "status", "summary", "matched_count",
-                    "deleted_count")
+    list_display = (
+        "created_at",
+        "username",
+        "source",
+        "status",
+        "summary",
+        "matched_count",
+        "deleted_count",
+    )
     list_filter = ("source", "status", "dry_run", "created_at")
-    search_fields = ("username", "tags", "keys", "model_label", "object_pk", "pattern",
-                     "result", "error", "event_id")
+    search_fields = (
+        "username",
+        "tags",
+        "keys",
+        "model_label",
+        "object_pk",
+        "pattern",
+        "result",
+        "error",
+        "event_id",
+    )
     date_hierarchy = "created_at"
-    fields = ("created_at", "user", "username", "source", "status", "dry_run", "tags", "keys",
-              "model_label", "object_pk", "pattern", "matched_count", "deleted_count",
-              "event_id", "result", "error")
+    fields = (
+        "created_at",
+        "user",
+        "username",
+        "source",
+        "status",
+        "dry_run",
+        "tags",
+        "keys",
+        "model_label",
+        "object_pk",
+        "pattern",
+        "matched_count",
+        "deleted_count",
+        "event_id",
+        "result",
+        "error",
+    )
     readonly_fields = fields
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -122,11 +192,15 @@ class ManualInvalidationAdmin(_ReadOnly):
     def summary(self, obj: ManualInvalidation) -> str:
         parts = []
         if obj.tags:
-            parts.append(ngettext("%(count)d tag", "%(count)d tags", len(obj.tags))
-                         % {"count": len(obj.tags)})
+            parts.append(
+                ngettext("%(count)d tag", "%(count)d tags", len(obj.tags))
+                % {"count": len(obj.tags)}
+            )
         if obj.keys:
-            parts.append(ngettext("%(count)d key", "%(count)d keys", len(obj.keys))
-                         % {"count": len(obj.keys)})
+            parts.append(
+                ngettext("%(count)d key", "%(count)d keys", len(obj.keys))
+                % {"count": len(obj.keys)}
+            )
         if obj.model_label:
             parts.append(f"{obj.model_label} #{obj.object_pk}")
         if obj.pattern:

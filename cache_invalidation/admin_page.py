@@ -36,24 +36,44 @@ TEMPLATE = "admin/cache_invalidation/invalidate.html"
 
 class ManualInvalidationForm(forms.Form):
     tags = forms.CharField(
-        label=_("Tags"), required=False, widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
-        help_text=_("One per line, e.g. product:7. Every entry carrying a tag is dropped."))
+        label=_("Tags"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
+        help_text=_("One per line, e.g. product:7. Every entry carrying a tag is dropped."),
+    )
     keys = forms.CharField(
-        label=_("Keys"), required=False, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text=_("Plain cache keys, one per line, as your code names them."))
+        label=_("Keys"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text=_("Plain cache keys, one per line, as your code names them."),
+    )
     model = forms.ChoiceField(label=_("Model"), required=False, choices=())
     pk = forms.CharField(
-        label=_("Primary key"), required=False, max_length=255,
-        help_text=_("Drops what a save of this row would: its declared tags and keys, read "
-                    "from the database."))
+        label=_("Primary key"),
+        required=False,
+        max_length=255,
+        help_text=_(
+            "Drops what a save of this row would: its declared tags and keys, read "
+            "from the database."
+        ),
+    )
     pattern = forms.CharField(
-        label=_("Key pattern"), required=False, max_length=keypatterns.MAX_PATTERN_LENGTH,
-        help_text=_("A glob over cache keys without the cache's prefix, e.g. product:*:page "
-                    "(wildcards * and ?). Previewed first; deleted after you confirm."))
+        label=_("Key pattern"),
+        required=False,
+        max_length=keypatterns.MAX_PATTERN_LENGTH,
+        help_text=_(
+            "A glob over cache keys without the cache's prefix, e.g. product:*:page "
+            "(wildcards * and ?). Previewed first; deleted after you confirm."
+        ),
+    )
     apply_now = forms.BooleanField(
-        label=_("Apply now"), required=False,
-        help_text=_("Invalidate tags and keys in this web process instead of publishing "
-                    "through the configured transport."))
+        label=_("Apply now"),
+        required=False,
+        help_text=_(
+            "Invalidate tags and keys in this web process instead of publishing "
+            "through the configured transport."
+        ),
+    )
     confirm = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -62,7 +82,8 @@ class ManualInvalidationForm(forms.Form):
         model_field = self.fields["model"]
         assert isinstance(model_field, forms.ChoiceField)
         model_field.choices = [("", "---------")] + [
-            (label, label) for label in manual.declared_models()]
+            (label, label) for label in manual.declared_models()
+        ]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -70,8 +91,12 @@ class ManualInvalidationForm(forms.Form):
             return data
         try:
             self.plan = manual.plan(
-                tags=data.get("tags", ""), keys=data.get("keys", ""), model=data.get("model", ""),
-                pk=data.get("pk", ""), pattern=data.get("pattern", ""))
+                tags=data.get("tags", ""),
+                keys=data.get("keys", ""),
+                model=data.get("model", ""),
+                pk=data.get("pk", ""),
+                pattern=data.get("pattern", ""),
+            )
         except manual.ManualError as exc:
             self.add_error(exc.field, str(exc))
         return data
@@ -80,14 +105,25 @@ class ManualInvalidationForm(forms.Form):
         return " ".join(str(e) for errors in self.errors.values() for e in errors)
 
     def raw(self) -> dict[str, Any]:
-        return {name: self.data.get(name, "") for name in ("tags", "keys", "model", "pk",
-                                                            "pattern")}
+        return {
+            name: self.data.get(name, "") for name in ("tags", "keys", "model", "pk", "pattern")
+        }
 
 
 def _digest(plan: manual.Plan, apply_now: bool, user: Any) -> str:
     alias = plan.pattern.alias if plan.pattern else ""
-    raw = json.dumps([plan.tags, plan.keys, plan.model, plan.pk, plan.pattern_text, alias,
-                      apply_now, str(user.pk)])
+    raw = json.dumps(
+        [
+            plan.tags,
+            plan.keys,
+            plan.model,
+            plan.pk,
+            plan.pattern_text,
+            alias,
+            apply_now,
+            str(user.pk),
+        ]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -100,8 +136,10 @@ def is_confirmed(token: str, plan: manual.Plan, apply_now: bool, user: Any) -> b
     if not token:
         return False
     try:
-        return bool(signing.loads(token, salt=SALT, max_age=CONFIRM_MAX_AGE)
-                    == _digest(plan, apply_now, user))
+        return bool(
+            signing.loads(token, salt=SALT, max_age=CONFIRM_MAX_AGE)
+            == _digest(plan, apply_now, user)
+        )
     except signing.BadSignature:
         return False
 
@@ -112,34 +150,55 @@ def _what(plan: manual.Plan) -> str:
     return _("%(tags)s and %(keys)s") % {"tags": tags, "keys": keys}
 
 
-def report(model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.Plan,
-           outcome: manual.Outcome) -> None:
+def report(
+    model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.Plan, outcome: manual.Outcome
+) -> None:
     """Tell the user what happened, one message per part, in their language."""
     from .models import ManualInvalidation
 
     Status = ManualInvalidation.Status
     if not outcome.ok:
-        model_admin.message_user(request, _("The invalidation failed: %(result)s")
-                                 % {"result": outcome.result}, messages.ERROR)
+        model_admin.message_user(
+            request,
+            _("The invalidation failed: %(result)s") % {"result": outcome.result},
+            messages.ERROR,
+        )
         return
     if plan.tags or plan.keys:
         if outcome.status == Status.PUBLISHED:
-            model_admin.message_user(request, _(
-                "Published the invalidation of %(what)s through the %(transport)s transport "
-                "(event %(event)s).") % {"what": _what(plan), "transport": outcome.transport,
-                                         "event": outcome.event_id}, messages.SUCCESS)
+            model_admin.message_user(
+                request,
+                _(
+                    "Published the invalidation of %(what)s through the %(transport)s transport "
+                    "(event %(event)s)."
+                )
+                % {"what": _what(plan), "transport": outcome.transport, "event": outcome.event_id},
+                messages.SUCCESS,
+            )
         else:
             tag_deleted = (outcome.deleted or 0) - (outcome.pattern_deleted or 0)
-            model_admin.message_user(request, ngettext(
-                "Invalidated %(what)s: %(count)d cache entry deleted.",
-                "Invalidated %(what)s: %(count)d cache entries deleted.", tag_deleted)
-                % {"what": _what(plan), "count": tag_deleted}, messages.SUCCESS)
+            model_admin.message_user(
+                request,
+                ngettext(
+                    "Invalidated %(what)s: %(count)d cache entry deleted.",
+                    "Invalidated %(what)s: %(count)d cache entries deleted.",
+                    tag_deleted,
+                )
+                % {"what": _what(plan), "count": tag_deleted},
+                messages.SUCCESS,
+            )
     if plan.pattern is not None and outcome.pattern_deleted is not None:
         count = outcome.pattern_deleted
-        model_admin.message_user(request, ngettext(
-            "Deleted %(count)d key matching %(pattern)s.",
-            "Deleted %(count)d keys matching %(pattern)s.", count)
-            % {"count": count, "pattern": plan.pattern.pattern}, messages.SUCCESS)
+        model_admin.message_user(
+            request,
+            ngettext(
+                "Deleted %(count)d key matching %(pattern)s.",
+                "Deleted %(count)d keys matching %(pattern)s.",
+                count,
+            )
+            % {"count": count, "pattern": plan.pattern.pattern},
+            messages.SUCCESS,
+        )
 
 
 def invalidate_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
@@ -153,8 +212,15 @@ def invalidate_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Http
     if request.method == "POST":
         form = ManualInvalidationForm(request.POST)
         if not form.is_valid() or form.plan is None:
-            manual.audit(None, None, source="admin", user=request.user, status=Status.REFUSED,
-                         error=form.error_text(), raw=form.raw())
+            manual.audit(
+                None,
+                None,
+                source="admin",
+                user=request.user,
+                status=Status.REFUSED,
+                error=form.error_text(),
+                raw=form.raw(),
+            )
             return _render(model_admin, request, form, None)
         plan = form.plan
         apply_now = bool(form.cleaned_data.get("apply_now"))
@@ -163,21 +229,28 @@ def invalidate_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Http
         confirmed = plan.pattern is None or is_confirmed(token, plan, apply_now, request.user)
         if wants_preview or not confirmed:
             if token and not confirmed and not wants_preview:
-                model_admin.message_user(request, _(
-                    "The confirmation expired or no longer matches the form; check the "
-                    "preview and confirm again."), messages.WARNING)
+                model_admin.message_user(
+                    request,
+                    _(
+                        "The confirmation expired or no longer matches the form; check the "
+                        "preview and confirm again."
+                    ),
+                    messages.WARNING,
+                )
             preview = _preview(model_admin, request, plan, apply_now)
             return _render(model_admin, request, form, preview)
-        outcome = manual.execute(plan, sync=apply_now, source="admin",
-                                 username=request.user.get_username())
+        outcome = manual.execute(
+            plan, sync=apply_now, source="admin", username=request.user.get_username()
+        )
         manual.audit(plan, outcome, source="admin", user=request.user)
         report(model_admin, request, plan, outcome)
         return HttpResponseRedirect(request.path)
     return _render(model_admin, request, ManualInvalidationForm(), None)
 
 
-def _preview(model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.Plan,
-             apply_now: bool) -> dict[str, Any]:
+def _preview(
+    model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.Plan, apply_now: bool
+) -> dict[str, Any]:
     """Count the pattern's matches, write the preview's audit row, say what confirming does."""
     from .models import ManualInvalidation
 
@@ -190,13 +263,30 @@ def _preview(model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.P
     if plan.pattern is not None and plan.preview is not None:
         refusal = plan.pattern.refusal(plan.preview) or ""
     if error:
-        manual.audit(plan, None, source="admin", user=request.user, dry_run=True,
-                     status=Status.FAILED, error=error)
-        model_admin.message_user(request, _("Could not count the keys matching the pattern: "
-                                            "%(error)s") % {"error": error}, messages.ERROR)
+        manual.audit(
+            plan,
+            None,
+            source="admin",
+            user=request.user,
+            dry_run=True,
+            status=Status.FAILED,
+            error=error,
+        )
+        model_admin.message_user(
+            request,
+            _("Could not count the keys matching the pattern: %(error)s") % {"error": error},
+            messages.ERROR,
+        )
     else:
-        manual.audit(plan, None, source="admin", user=request.user, dry_run=True,
-                     status=Status.PREVIEWED, error=refusal)
+        manual.audit(
+            plan,
+            None,
+            source="admin",
+            user=request.user,
+            dry_run=True,
+            status=Status.PREVIEWED,
+            error=refusal,
+        )
     can_confirm = not (error or refusal)
     return {
         "plan": plan,
@@ -209,8 +299,12 @@ def _preview(model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.P
     }
 
 
-def _render(model_admin: admin.ModelAdmin, request: HttpRequest,
-            form: ManualInvalidationForm, preview: dict[str, Any] | None) -> HttpResponse:
+def _render(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    form: ManualInvalidationForm,
+    preview: dict[str, Any] | None,
+) -> HttpResponse:
     from .conf import get_config
 
     opts = model_admin.model._meta

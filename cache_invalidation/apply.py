@@ -33,9 +33,12 @@ def apply_events(
     fresh = [e for e in events if e.id not in done]
     skipped = [e for e in events if e.id in done]
     if done:
-        logger.info("cache_invalidation: skipped %d event(s) already applied: %s",
-                    len(events) - len(fresh), sorted(done),
-                    extra=log_extra(skipped, stage="apply"))
+        logger.info(
+            "cache_invalidation: skipped %d event(s) already applied: %s",
+            len(events) - len(fresh),
+            sorted(done),
+            extra=log_extra(skipped, stage="apply"),
+        )
     if events and not fresh and not drains:
         metrics.record_applied([], duplicates=skipped)
         return 0
@@ -48,12 +51,13 @@ def apply_events(
     metrics.record_applied(fresh, duplicates=skipped)
     logger.debug(
         "cache_invalidation: applied %d event(s), %d tag(s), %d key(s), %d entries deleted",
-        len(fresh), len(tags), len(keys), deleted,
+        len(fresh),
+        len(tags),
+        len(keys),
+        deleted,
         extra=log_extra(fresh, stage="apply", tags=list(tags), keys=list(keys)),
     )
-    signals.invalidation_applied.send(
-        sender=None, events=fresh, deleted=deleted, duration=duration
-    )
+    signals.invalidation_applied.send(sender=None, events=fresh, deleted=deleted, duration=duration)
     return deleted
 
 

@@ -73,7 +73,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 checks.Error(
                     f"CACHE_INVALIDATION has an unknown key {key!r}.",
                     hint=(f"Did you mean {close[0]!r}? " if close else "")
-                    + "Known keys: " + ", ".join(DEFAULTS) + ".",
+                    + "Known keys: "
+                    + ", ".join(DEFAULTS)
+                    + ".",
                     id="cache_invalidation.E010",
                 )
             )
@@ -103,8 +105,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             errors.append(
                 checks.Error(
-                    f"CACHE_INVALIDATION[{key!r}] must be a number of seconds >= 0, "
-                    f"got {value!r}.",
+                    f"CACHE_INVALIDATION[{key!r}] must be a number of seconds >= 0, got {value!r}.",
                     hint=f"The default is {DEFAULTS[key]!r}.",
                     id="cache_invalidation.E010",
                 )
@@ -126,8 +127,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         errors.append(
             checks.Error(
                 f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, which is not in CACHES.",
-                hint="Name one of: " + ", ".join(map(repr, caches)) + "." if caches else
-                "Configure CACHES.",
+                hint="Name one of: " + ", ".join(map(repr, caches)) + "."
+                if caches
+                else "Configure CACHES.",
                 id="cache_invalidation.E011",
             )
         )
@@ -184,7 +186,7 @@ def _check_visibility_timeout(config: dict[str, Any]) -> list[checks.CheckMessag
     if config["TRANSPORT"] not in (None, "celery") or not celery_broker_configured():
         return []
     url, options = _broker()
-    if not url.split("://", 1)[0] in ("redis", "rediss", "sentinel"):
+    if url.split("://", 1)[0] not in ("redis", "rediss", "sentinel"):
         return []
     visibility = options.get("visibility_timeout", 3600)
     backoff_max = config["RETRY_BACKOFF_MAX"]
@@ -231,38 +233,45 @@ def _check_cache_backend(
     if transport is None:
         transport = "celery" if celery_broker_configured() else "sync"
     if _is(backend, "django.core.cache.backends.dummy.DummyCache"):
-        out.append(checks.Warning(
-            f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, a DummyCache: it stores nothing, "
-            "so every cached value is computed on every request and key patterns cannot be "
-            "deleted.",
-            hint="Point CACHE_ALIAS at the cache your entries live in. If caching is off on "
-            "purpose, silence this: SILENCED_SYSTEM_CHECKS = ['cache_invalidation.W003'].",
-            id="cache_invalidation.W003",
-        ))
+        out.append(
+            checks.Warning(
+                f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, a DummyCache: it stores nothing, "
+                "so every cached value is computed on every request and key patterns cannot be "
+                "deleted.",
+                hint="Point CACHE_ALIAS at the cache your entries live in. If caching is off on "
+                "purpose, silence this: SILENCED_SYSTEM_CHECKS = ['cache_invalidation.W003'].",
+                id="cache_invalidation.W003",
+            )
+        )
     elif _is(backend, "django.core.cache.backends.locmem.LocMemCache") and transport in (
-        "celery", "outbox"
+        "celery",
+        "outbox",
     ):
         where = {
             "celery": "the Celery worker applies every invalidation to its own copy",
             "outbox": "the outbox relay (relay_outbox, the beat task) applies what it delivers "
             "to its own copy",
         }[transport]
-        out.append(checks.Warning(
-            f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, a {name}, which lives inside each "
-            f"process, but TRANSPORT is {transport!r}: {where}, never to the web processes' "
-            "caches.",
-            hint="Use a cache all processes share (django-redis, Memcached, the database "
-            "cache), or TRANSPORT = 'sync' for a single-process development server.",
-            id="cache_invalidation.W002",
-        ))
+        out.append(
+            checks.Warning(
+                f"CACHE_INVALIDATION['CACHE_ALIAS'] is {alias!r}, a {name}, which lives inside "
+                f"each process, but TRANSPORT is {transport!r}: {where}, never to the web "
+                "processes' caches.",
+                hint="Use a cache all processes share (django-redis, Memcached, the database "
+                "cache), or TRANSPORT = 'sync' for a single-process development server.",
+                id="cache_invalidation.W002",
+            )
+        )
     client_class = str((cache.get("OPTIONS") or {}).get("CLIENT_CLASS", ""))
     if client_class.rsplit(".", 1)[-1] == "ShardClient":
-        out.append(checks.Error(
-            f"The cache {alias!r} uses django-redis's ShardClient: the tag index runs one Lua "
-            "script over many keys, which cannot span shards.",
-            hint="Use django-redis's DefaultClient (or SentinelClient) for CACHE_ALIAS.",
-            id="cache_invalidation.E014",
-        ))
+        out.append(
+            checks.Error(
+                f"The cache {alias!r} uses django-redis's ShardClient: the tag index runs one Lua "
+                "script over many keys, which cannot span shards.",
+                hint="Use django-redis's DefaultClient (or SentinelClient) for CACHE_ALIAS.",
+                id="cache_invalidation.E014",
+            )
+        )
     out.extend(_check_default_timeout(alias, cache, config))
     return out
 
@@ -281,18 +290,18 @@ def _check_default_timeout(
     timeout = cache.get("TIMEOUT", 300)
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= max_ttl):
         return []
-    example = next(
-        ((p.label, k.source) for p in registry.policies.values() for k in p.keys), None
-    )
+    example = next(((p.label, k.source) for p in registry.policies.values() for k in p.keys), None)
     if example is None:
         return []
     lifetime = "forever (TIMEOUT is None)" if timeout is None else f"for {timeout} s (TIMEOUT)"
-    return [checks.Warning(
-        f"The cache {alias!r} keeps entries stored without a timeout {lifetime}, longer than "
-        f"MAX_TTL ({max_ttl} s). Declared keys such as {example[1]!r} of {example[0]} are "
-        "usually written with plain cache.set(), so a lost invalidation leaves them stale "
-        "that long.",
-        hint=f"Set CACHES[{alias!r}]['TIMEOUT'] to at most MAX_TTL, or pass a timeout to "
-        "every cache.set() of a declared key.",
-        id="cache_invalidation.W004",
-    )]
+    return [
+        checks.Warning(
+            f"The cache {alias!r} keeps entries stored without a timeout {lifetime}, longer than "
+            f"MAX_TTL ({max_ttl} s). Declared keys such as {example[1]!r} of {example[0]} are "
+            "usually written with plain cache.set(), so a lost invalidation leaves them stale "
+            "that long.",
+            hint=f"Set CACHES[{alias!r}]['TIMEOUT'] to at most MAX_TTL, or pass a timeout to "
+            "every cache.set() of a declared key.",
+            id="cache_invalidation.W004",
+        )
+    ]

@@ -61,8 +61,12 @@ def _component(name: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         return {"name": name, "state": "unknown", "detail": "not reported", "latency_ms": None}
     state = "unused" if raw.get("used") is False else "ok" if raw.get("ok") else "down"
-    return {"name": name, "state": state, "detail": str(raw.get("detail") or ""),
-            "latency_ms": raw.get("latency_ms")}
+    return {
+        "name": name,
+        "state": state,
+        "detail": str(raw.get("detail") or ""),
+        "latency_ms": raw.get("latency_ms"),
+    }
 
 
 def _window(counts: Any) -> dict[str, Any]:
@@ -84,8 +88,11 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
     per_model = snapshot.get("per_model")
     per_model = per_model if isinstance(per_model, Mapping) else {}
     models = [
-        {"model": label, "hour": _window((per_model[label] or {}).get("hour")),
-         "day": _window((per_model[label] or {}).get("day"))}
+        {
+            "model": label,
+            "hour": _window((per_model[label] or {}).get("hour")),
+            "day": _window((per_model[label] or {}).get("day")),
+        }
         for label in sorted(per_model)
     ]
     totals = _mapping(snapshot.get("totals"))
@@ -109,8 +116,10 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
         "metrics_problem": metrics_problem,
         "models": models,
         "totals": {"hour": _window(totals.get("hour")), "day": _window(totals.get("day"))}
-        if totals else None,
+        if totals
+        else None,
         "lag": [_lag(snapshot.get("lag_ms"), "hour"), _lag(snapshot.get("lag_ms_day"), "day")]
-        if snapshot else [],
+        if snapshot
+        else [],
         "recent": list(ManualInvalidation.objects.all()[:recent]),
     }

@@ -43,10 +43,16 @@ def record(
     """
     from .models import DeadLetter
 
-    decoded = [e for e in events if isinstance(e, InvalidationEvent)] if isinstance(
-        events, (list, tuple)) else []
-    raw = [e.to_dict() if isinstance(e, InvalidationEvent) else _storable(e) for e in events] \
-        if isinstance(events, (list, tuple)) else [_storable(events)]
+    decoded = (
+        [e for e in events if isinstance(e, InvalidationEvent)]
+        if isinstance(events, (list, tuple))
+        else []
+    )
+    raw = (
+        [e.to_dict() if isinstance(e, InvalidationEvent) else _storable(e) for e in events]
+        if isinstance(events, (list, tuple))
+        else [_storable(events)]
+    )
     if tags is None or keys is None:
         tags, keys = union(decoded)
     now = timezone.now()
@@ -68,7 +74,10 @@ def record(
     except Exception as db_error:
         logger.critical(
             "cache_invalidation: could not write a dead letter (%s) for %s: %s; events: %s",
-            db_error, reason, _text(error), raw,
+            db_error,
+            reason,
+            _text(error),
+            raw,
             extra=log_extra(decoded, stage="dead_letter"),
         )
         return None
@@ -97,8 +106,9 @@ def _backoff(attempts: int) -> timedelta:
     from .conf import get_config
 
     config = get_config()
-    seconds = min(float(config["RETRY_BACKOFF_MAX"]),
-                  max(float(config["RETRY_BACKOFF"]), 1.0) * 2 ** attempts)
+    seconds = min(
+        float(config["RETRY_BACKOFF_MAX"]), max(float(config["RETRY_BACKOFF"]), 1.0) * 2**attempts
+    )
     return timedelta(seconds=seconds)
 
 
@@ -117,9 +127,7 @@ def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str
         logger.error(message, extra=extra)
         return
     logger.critical(message, extra=extra)
-    signals.dead_lettered.send_robust(
-        sender=type(row), dead_letter=row, events=events, error=error
-    )
+    signals.dead_lettered.send_robust(sender=type(row), dead_letter=row, events=events, error=error)
     if config["MAIL_ADMINS"]:
         # Not fail_silently=True: Django 6.1 deprecates it, and a mail that could not be sent
         # deserves a log line of its own rather than silence.
@@ -202,8 +210,9 @@ def replay(
                 row.last_failed_at = now
                 row.last_error = _text(exc)
                 row.next_attempt_at = now + _backoff(row.attempts)
-                row.save(update_fields=["attempts", "last_failed_at", "last_error",
-                                        "next_attempt_at"])
+                row.save(
+                    update_fields=["attempts", "last_failed_at", "last_error", "next_attempt_at"]
+                )
                 result.failed[pk] = row.last_error
                 _alert(row, [], exc)
                 ok = False

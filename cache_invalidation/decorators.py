@@ -216,8 +216,13 @@ def _capture(
 ) -> dict[str, Any]:
     reason = _uncacheable_reason(request, response, vary_on_headers)
     if reason is not None:
-        logger.debug("Not caching %s %s: %s", request.method, request.get_full_path(), reason,
-                     extra=log_extra(stage="page_cache"))
+        logger.debug(
+            "Not caching %s %s: %s",
+            request.method,
+            request.get_full_path(),
+            reason,
+            extra=log_extra(stage="page_cache"),
+        )
         raise _Uncacheable(response, reason)
     if vary_on_headers:
         patch_vary_headers(response, vary_on_headers)

@@ -76,8 +76,11 @@ class InvalidationEvent:
             raise InvalidEventError([f"expected an object, got {type(data).__name__}"])
         problems: list[str] = []
         known = set(_FIELDS)
-        unknown = sorted(_show(k) if not isinstance(k, str) else k for k in data
-                         if not isinstance(k, str) or k not in known)
+        unknown = sorted(
+            _show(k) if not isinstance(k, str) else k
+            for k in data
+            if not isinstance(k, str) or k not in known
+        )
         if unknown:
             problems.append("unknown field(s): " + ", ".join(unknown))
         values: dict[str, Any] = {}
@@ -133,9 +136,7 @@ def _check(kind: str, value: Any) -> str | None:
             return "must not be empty"
         return text_problem(value)
     if kind == "strings":
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, str) and v for v in value
-        ):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
             return "must be a list of non-empty strings"
         return next((p for p in map(text_problem, value) if p), None)
     if kind == "dict":

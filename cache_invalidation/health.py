@@ -32,10 +32,14 @@ TIMEOUT = 2.0
 CACHE_DOWN = "the cache {alias!r} does not answer: {detail}"
 BROKER_DOWN = "the Celery broker does not answer: {detail}"
 DATABASE_DOWN = "the database {alias!r} does not answer: {detail}"
-DLQ_PENDING = "{pending} dead letter(s) pending (STATUS_MAX_DLQ is {limit}); replay them " \
-              "with manage.py replay_dead_letters"
-OUTBOX_STUCK = "the oldest outbox row has waited {age:.0f} s (STATUS_MAX_OUTBOX_AGE is " \
-               "{limit}); is manage.py relay_outbox running?"
+DLQ_PENDING = (
+    "{pending} dead letter(s) pending (STATUS_MAX_DLQ is {limit}); replay them "
+    "with manage.py replay_dead_letters"
+)
+OUTBOX_STUCK = (
+    "the oldest outbox row has waited {age:.0f} s (STATUS_MAX_OUTBOX_AGE is "
+    "{limit}); is manage.py relay_outbox running?"
+)
 
 
 def _ms(started: float) -> float:
@@ -81,8 +85,17 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     return {**result, "ok": True, "detail": detail, "latency_ms": _ms(started)}
 
 
-_PROBE_KWARGS = ("host", "port", "db", "username", "password", "path", "client_name",
-                 "protocol", "credential_provider")
+_PROBE_KWARGS = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "path",
+    "client_name",
+    "protocol",
+    "credential_provider",
+)
 
 
 def _ping_redis(cache: Any, timeout: float) -> str | None:
@@ -96,11 +109,16 @@ def _ping_redis(cache: Any, timeout: float) -> str | None:
         client = cache.client.get_client(write=True)
         client.ping()
         return None
-    kwargs = {k: v for k, v in pool.connection_kwargs.items()
-              if k in _PROBE_KWARGS or k.startswith("ssl")}
+    kwargs = {
+        k: v for k, v in pool.connection_kwargs.items() if k in _PROBE_KWARGS or k.startswith("ssl")
+    }
     probe_pool = redis.ConnectionPool(
-        connection_class=pool.connection_class, socket_timeout=timeout,
-        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), **kwargs)
+        connection_class=pool.connection_class,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        **kwargs,
+    )
     probe = redis.Redis(connection_pool=probe_pool)
     try:
         probe.ping()
@@ -122,8 +140,13 @@ def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
 
     transport = get_config()["TRANSPORT"]
     if transport != "celery":
-        return {"ok": True, "used": False, "url": None, "latency_ms": None,
-                "detail": f"not used (TRANSPORT is {transport!r})"}
+        return {
+            "ok": True,
+            "used": False,
+            "url": None,
+            "latency_ms": None,
+            "detail": f"not used (TRANSPORT is {transport!r})",
+        }
     from celery import current_app
 
     started = time.monotonic()
@@ -133,10 +156,14 @@ def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
             url = connection.as_uri()
             connection.ensure_connection(max_retries=0, timeout=max(1, round(timeout)))
     except Exception as exc:
-        return {"ok": False, "used": True, "url": url, "detail": _error(exc),
-                "latency_ms": _ms(started)}
-    return {"ok": True, "used": True, "url": url, "detail": "connected",
-            "latency_ms": _ms(started)}
+        return {
+            "ok": False,
+            "used": True,
+            "url": url,
+            "detail": _error(exc),
+            "latency_ms": _ms(started),
+        }
+    return {"ok": True, "used": True, "url": url, "detail": "connected", "latency_ms": _ms(started)}
 
 
 def check_database(using: str | None = None) -> dict[str, Any]:
@@ -152,10 +179,20 @@ def check_database(using: str | None = None) -> dict[str, Any]:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as exc:
-        return {"ok": False, "alias": alias, "vendor": None, "detail": _error(exc),
-                "latency_ms": _ms(started)}
-    return {"ok": True, "alias": alias, "vendor": connection.vendor, "detail": "SELECT 1",
-            "latency_ms": _ms(started)}
+        return {
+            "ok": False,
+            "alias": alias,
+            "vendor": None,
+            "detail": _error(exc),
+            "latency_ms": _ms(started),
+        }
+    return {
+        "ok": True,
+        "alias": alias,
+        "vendor": connection.vendor,
+        "detail": "SELECT 1",
+        "latency_ms": _ms(started),
+    }
 
 
 def _dead_letter_db() -> str:
@@ -175,9 +212,11 @@ def dead_letters(using: str | None = None) -> dict[str, Any]:
 
     try:
         rows = DeadLetter.objects.using(using or _dead_letter_db()).filter(
-            status=DeadLetter.Status.PENDING)
-        by_reason = {r["reason"]: r["n"] for r in
-                     rows.order_by().values("reason").annotate(n=Count("pk"))}
+            status=DeadLetter.Status.PENDING
+        )
+        by_reason = {
+            r["reason"]: r["n"] for r in rows.order_by().values("reason").annotate(n=Count("pk"))
+        }
         oldest = rows.aggregate(oldest=Min("first_failed_at"))["oldest"]
     except Exception as exc:
         return {"pending": None, "oldest_age": None, "by_reason": {}, "error": _error(exc)}
@@ -219,9 +258,7 @@ def index(scan: bool = False) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    import celery
     import django
-    import kombu
     import redis
 
     from . import __version__
@@ -237,7 +274,7 @@ def versions() -> dict[str, str | None]:
         "python": platform.python_version(),
         "django": django.get_version(),
         "celery": importlib.metadata.version("celery"),
-        "kombu": str(kombu.__version__),
+        "kombu": importlib.metadata.version("kombu"),
         "redis_py": str(redis.__version__),
         "django_redis": django_redis_version,
     }
@@ -284,18 +321,22 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
         "outbox": outbox_backlog(using),
         # Without the cache, the scan and the snapshot would each wait for their own timeouts.
         "index": index(include_index and cache["ok"]),
-        "metrics": metrics.snapshot() if cache["ok"] else metrics.unavailable(
-            "not read: the cache does not answer"),
-        "limits": {"STATUS_MAX_DLQ": config["STATUS_MAX_DLQ"],
-                   "STATUS_MAX_OUTBOX_AGE": config["STATUS_MAX_OUTBOX_AGE"]},
+        "metrics": metrics.snapshot()
+        if cache["ok"]
+        else metrics.unavailable("not read: the cache does not answer"),
+        "limits": {
+            "STATUS_MAX_DLQ": config["STATUS_MAX_DLQ"],
+            "STATUS_MAX_OUTBOX_AGE": config["STATUS_MAX_OUTBOX_AGE"],
+        },
         "versions": versions(),
     }
     found = problems(result)
     result["problems"] = found
     result["healthy"] = not found
     if found:
-        logger.debug("cache_invalidation: unhealthy: %s", "; ".join(found),
-                     extra=log_extra(stage="status"))
+        logger.debug(
+            "cache_invalidation: unhealthy: %s", "; ".join(found), extra=log_extra(stage="status")
+        )
     return result
 
 
@@ -310,22 +351,32 @@ def problems(status: dict[str, Any]) -> list[str]:
     found = []
     cache = status.get("cache") or {}
     if not cache.get("ok"):
-        found.append(CACHE_DOWN.format(alias=cache.get("alias", status.get("cache_alias")),
-                                       detail=cache.get("detail", "not checked")))
+        found.append(
+            CACHE_DOWN.format(
+                alias=cache.get("alias", status.get("cache_alias")),
+                detail=cache.get("detail", "not checked"),
+            )
+        )
     broker = status.get("broker") or {}
     if broker.get("used") and not broker.get("ok"):
         found.append(BROKER_DOWN.format(detail=broker.get("detail", "not checked")))
     database = status.get("database") or {}
     if not database.get("ok"):
-        found.append(DATABASE_DOWN.format(alias=database.get("alias"),
-                                          detail=database.get("detail", "not checked")))
+        found.append(
+            DATABASE_DOWN.format(
+                alias=database.get("alias"), detail=database.get("detail", "not checked")
+            )
+        )
     pending = (status.get("dead_letters") or {}).get("pending")
     if pending is not None and pending > max_dlq:
         found.append(DLQ_PENDING.format(pending=pending, limit=max_dlq))
     age = (status.get("outbox") or {}).get("oldest_age")
     if age is not None and age > max_age:
-        found.append(OUTBOX_STUCK.format(age=age, limit=limits.get(
-            "STATUS_MAX_OUTBOX_AGE", config["STATUS_MAX_OUTBOX_AGE"])))
+        found.append(
+            OUTBOX_STUCK.format(
+                age=age, limit=limits.get("STATUS_MAX_OUTBOX_AGE", config["STATUS_MAX_OUTBOX_AGE"])
+            )
+        )
     return found
 
 

@@ -88,8 +88,7 @@ def check_pattern(pattern: str) -> str:
     if not pattern:
         raise PatternError(EMPTY_PATTERN)
     if len(pattern) > MAX_PATTERN_LENGTH:
-        raise PatternError(
-            PATTERN_TOO_LONG % {"length": len(pattern), "max": MAX_PATTERN_LENGTH})
+        raise PatternError(PATTERN_TOO_LONG % {"length": len(pattern), "max": MAX_PATTERN_LENGTH})
     for char in pattern:
         if char in _FORBIDDEN or char.isspace() or not char.isprintable():
             raise PatternError(PATTERN_CHARACTER % {"pattern": pattern, "char": char})
@@ -139,7 +138,7 @@ class KeyPattern:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         if not text.startswith(self.head) or not text.endswith(self.tail):
             return None
-        name = text[len(self.head): len(text) - len(self.tail)]
+        name = text[len(self.head) : len(text) - len(self.tail)]
         return None if name.startswith(INTERNAL_PREFIX) else name
 
     def _scan(self, client: Any, stats: dict[str, Any]) -> Iterator[bytes]:
@@ -175,8 +174,10 @@ class KeyPattern:
         if preview.too_broad:
             return str(PATTERN_TOO_BROAD % {"pattern": self.pattern, "max": MAX_MATCHES})
         if not preview.complete:
-            return str(PATTERN_SCAN_UNFINISHED % {
-                "pattern": self.pattern, "examined": preview.examined_calls * SCAN_COUNT})
+            return str(
+                PATTERN_SCAN_UNFINISHED
+                % {"pattern": self.pattern, "examined": preview.examined_calls * SCAN_COUNT}
+            )
         return None
 
     def delete(self) -> int:
@@ -216,8 +217,7 @@ def bind(pattern: str, alias: str | None = None) -> KeyPattern:
     alias = alias or str(get_config()["CACHE_ALIAS"])
     cache: Any = caches[alias]
     if not is_django_redis(cache):
-        raise PatternError(
-            PATTERN_NOT_REDIS % {"alias": alias, "backend": type(cache).__name__})
+        raise PatternError(PATTERN_NOT_REDIS % {"alias": alias, "backend": type(cache).__name__})
     full = str(cache.client.make_key(_SENTINEL))
     if full.count(_SENTINEL) != 1:
         raise PatternError(PATTERN_KEY_FUNCTION % {"alias": alias})
@@ -225,4 +225,3 @@ def bind(pattern: str, alias: str | None = None) -> KeyPattern:
     if head and pattern.startswith(head):
         raise PatternError(PATTERN_HAS_PREFIX % {"pattern": pattern, "prefix": head})
     return KeyPattern(pattern, alias, _escape(head) + pattern + _escape(tail), head, tail)
-

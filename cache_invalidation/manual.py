@@ -59,9 +59,7 @@ def declared_models() -> list[str]:
     return sorted(model._meta.label for model in registry.policies)
 
 
-def resolve_row(
-    label: str, pk: Any, using: str = DEFAULT_DB_ALIAS
-) -> tuple[list[str], list[str]]:
+def resolve_row(label: str, pk: Any, using: str = DEFAULT_DB_ALIAS) -> tuple[list[str], list[str]]:
     """The tags and keys a save of this row would invalidate: its declared and automatic tags,
     its declared keys and those of its ``related`` rows, rendered from its stored values.
 
@@ -76,8 +74,11 @@ def resolve_row(
     policy = policies.get(label)
     if policy is None:
         close = difflib.get_close_matches(label, list(policies), n=1)
-        hint = f" Did you mean {close[0]}?" if close else (
-            " Declared models: " + (", ".join(sorted(policies)) or "none") + ".")
+        hint = (
+            f" Did you mean {close[0]}?"
+            if close
+            else (" Declared models: " + (", ".join(sorted(policies)) or "none") + ".")
+        )
         raise ManualError(UNKNOWN_MODEL % {"model": label, "hint": hint}, "model")
     if pk is None or str(pk).strip() == "":
         raise ManualError(NEED_PK % {"model": label}, "pk")
@@ -88,8 +89,7 @@ def resolve_row(
     except Exception as exc:
         raise ManualError(BAD_PK % {"pk": str(pk), "model": label}, "pk") from exc
     state = (
-        model._base_manager.using(using).filter(pk=key).order_by().values(*watched(policy))
-        .first()
+        model._base_manager.using(using).filter(pk=key).order_by().values(*watched(policy)).first()
     )
     if state is None:
         raise ManualError(NO_ROW % {"model": label, "pk": str(pk).strip()}, "pk")
@@ -192,8 +192,9 @@ def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str =
                 count = plan.pattern.delete()
             except Exception as exc:
                 outcome.status, outcome.error = Status.FAILED, f"{type(exc).__name__}: {exc}"
-                done.append(f"Deleting keys matching {plan.pattern.pattern!r} failed: "
-                            f"{outcome.error}")
+                done.append(
+                    f"Deleting keys matching {plan.pattern.pattern!r} failed: {outcome.error}"
+                )
             else:
                 outcome.pattern_deleted = count
                 outcome.deleted = (outcome.deleted or 0) + count
@@ -205,8 +206,9 @@ def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str =
 def _event(plan: Plan, metadata: dict[str, Any]) -> Any:
     from .events import InvalidationEvent
 
-    return InvalidationEvent(type="manual", tags=tuple(plan.tags), keys=tuple(plan.keys),
-                             metadata=metadata)
+    return InvalidationEvent(
+        type="manual", tags=tuple(plan.tags), keys=tuple(plan.keys), metadata=metadata
+    )
 
 
 def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
@@ -223,18 +225,37 @@ def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
         # The tags are already invalid for stores; what is left is draining their members.
         from . import deadletter
 
-        row = deadletter.record([event], DeadLetter.Reason.APPLY_FAILED, exc.__cause__ or exc,
-                                tags=(), keys=(), drains=exc.drains)
+        row = deadletter.record(
+            [event],
+            DeadLetter.Reason.APPLY_FAILED,
+            exc.__cause__ or exc,
+            tags=(),
+            keys=(),
+            drains=exc.drains,
+        )
         error = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"
         letter = f" (dead letter #{row.pk})" if row is not None else ""
-        return Outcome(Status.FAILED, f"Invalidating {what} now failed part way{letter}: "
-                       f"{error}", exc.deleted, event.id, error, "now")
+        return Outcome(
+            Status.FAILED,
+            f"Invalidating {what} now failed part way{letter}: {error}",
+            exc.deleted,
+            event.id,
+            error,
+            "now",
+        )
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        return Outcome(Status.FAILED, f"Invalidating {what} now failed: {error}", None,
-                       event.id, error, "now")
-    return Outcome(Status.APPLIED, f"Invalidated {what} now: {deleted} entries deleted.",
-                   deleted, event.id, "", "now")
+        return Outcome(
+            Status.FAILED, f"Invalidating {what} now failed: {error}", None, event.id, error, "now"
+        )
+    return Outcome(
+        Status.APPLIED,
+        f"Invalidated {what} now: {deleted} entries deleted.",
+        deleted,
+        event.id,
+        "",
+        "now",
+    )
 
 
 def _publish(plan: Plan, metadata: dict[str, Any]) -> Outcome:
@@ -252,8 +273,9 @@ def _publish(plan: Plan, metadata: dict[str, Any]) -> Outcome:
     def on_applied(events: Sequence[Any], deleted: int = 0, **kwargs: Any) -> None:
         heard.append(("applied", {e.id for e in events}, deleted))
 
-    def on_failed(events: Sequence[Any], error: Any = None, will_retry: bool = False,
-                  **kwargs: Any) -> None:
+    def on_failed(
+        events: Sequence[Any], error: Any = None, will_retry: bool = False, **kwargs: Any
+    ) -> None:
         heard.append(("retrying" if will_retry else "failed", {e.id for e in events}, error))
 
     what = f"{len(plan.tags)} tag(s) and {len(plan.keys)} key(s)"
@@ -264,8 +286,14 @@ def _publish(plan: Plan, metadata: dict[str, Any]) -> Outcome:
         event = invalidate(tags=plan.tags, keys=plan.keys, metadata=metadata)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        return Outcome(Status.FAILED, f"Publishing {what} through {transport!r} failed: "
-                       f"{error}", None, "", error, transport)
+        return Outcome(
+            Status.FAILED,
+            f"Publishing {what} through {transport!r} failed: {error}",
+            None,
+            "",
+            error,
+            transport,
+        )
     finally:
         signals.invalidation_applied.disconnect(dispatch_uid=uid + "a")
         signals.invalidation_failed.disconnect(dispatch_uid=uid + "f")
@@ -275,21 +303,46 @@ def _publish(plan: Plan, metadata: dict[str, Any]) -> Outcome:
             continue
         error = f"{type(detail).__name__}: {detail}" if detail is not None else kind
         if kind == "failed":
-            return Outcome(Status.FAILED, f"Invalidating {what} through {transport!r} failed "
-                           f"and was dead-lettered: {error}", None, event.id, error, transport)
+            return Outcome(
+                Status.FAILED,
+                f"Invalidating {what} through {transport!r} failed and was dead-lettered: {error}",
+                None,
+                event.id,
+                error,
+                transport,
+            )
         if kind == "retrying":
             retrying = error
             continue
-        return Outcome(Status.APPLIED, f"Invalidated {what} through {transport!r}: {detail} "
-                       "entries deleted.", int(detail or 0), event.id, "", transport)
+        return Outcome(
+            Status.APPLIED,
+            f"Invalidated {what} through {transport!r}: {detail} entries deleted.",
+            int(detail or 0),
+            event.id,
+            "",
+            transport,
+        )
     if retrying:  # e.g. the outbox kept it for the relay: handed over, not applied yet
-        return Outcome(Status.PUBLISHED, f"Published {what} through {transport!r} (event "
-                       f"{event.id}); the first delivery failed and will be retried: "
-                       f"{retrying}", None, event.id, retrying, transport)
+        return Outcome(
+            Status.PUBLISHED,
+            f"Published {what} through {transport!r} (event "
+            f"{event.id}); the first delivery failed and will be retried: "
+            f"{retrying}",
+            None,
+            event.id,
+            retrying,
+            transport,
+        )
     pending = connections[DEFAULT_DB_ALIAS].in_atomic_block
     when = " when the transaction commits" if pending else ""
-    return Outcome(Status.PUBLISHED, f"Published {what} through {transport!r}{when} "
-                   f"(event {event.id}).", None, event.id, "", transport)
+    return Outcome(
+        Status.PUBLISHED,
+        f"Published {what} through {transport!r}{when} (event {event.id}).",
+        None,
+        event.id,
+        "",
+        transport,
+    )
 
 
 def audit(

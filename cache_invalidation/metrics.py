@@ -160,8 +160,9 @@ def _write(fields: Counter[str], now: float | None = None) -> None:
                 cache.add(key, 0, ttl)
                 cache.incr(key, amount)
     except Exception as exc:  # counting must never break the work it counts
-        logger.debug("cache_invalidation: metrics not recorded: %s", exc,
-                     extra=log_extra(stage="metrics"))
+        logger.debug(
+            "cache_invalidation: metrics not recorded: %s", exc, extra=log_extra(stage="metrics")
+        )
 
 
 def _redis(cache: Any) -> Any:
@@ -180,8 +181,9 @@ def read(names: Iterable[str] = NAMES) -> dict[str, int]:
     try:
         [total] = _read_buckets([f"{PREFIX}total"])
     except Exception as exc:
-        logger.debug("cache_invalidation: metrics not read: %s", exc,
-                     extra=log_extra(stage="metrics"))
+        logger.debug(
+            "cache_invalidation: metrics not read: %s", exc, extra=log_extra(stage="metrics")
+        )
         total = {}
     counts = _fold([total])
     return {n: sum(c.get(n, 0) for c in counts.values()) for n in names}
@@ -245,10 +247,11 @@ def _snapshot(now: float | None, read: bool, error: str | None = None) -> dict[s
         try:
             found = _read_buckets(minute_keys + hour_keys)
         except Exception as exc:
-            logger.debug("cache_invalidation: metrics not read: %s", exc,
-                         extra=log_extra(stage="metrics"))
+            logger.debug(
+                "cache_invalidation: metrics not read: %s", exc, extra=log_extra(stage="metrics")
+            )
             error = f"{type(exc).__name__}: {exc}"
-    hour_hashes, day_hashes = found[: len(minute_keys)], found[len(minute_keys):]
+    hour_hashes, day_hashes = found[: len(minute_keys)], found[len(minute_keys) :]
     per_hour, per_day = _fold(hour_hashes), _fold(day_hashes)
     models = sorted(set(per_hour) | set(per_day))
     per_model = {
@@ -266,10 +269,18 @@ def _snapshot(now: float | None, read: bool, error: str | None = None) -> dict[s
         "error": error,
         "window": {
             "now": now,
-            "hour": {"start": (minute - HOUR_BUCKETS + 1) * MINUTE, "end": now,
-                     "bucket_seconds": MINUTE, "buckets": HOUR_BUCKETS},
-            "day": {"start": (hour - DAY_BUCKETS + 1) * HOUR, "end": now,
-                    "bucket_seconds": HOUR, "buckets": DAY_BUCKETS},
+            "hour": {
+                "start": (minute - HOUR_BUCKETS + 1) * MINUTE,
+                "end": now,
+                "bucket_seconds": MINUTE,
+                "buckets": HOUR_BUCKETS,
+            },
+            "day": {
+                "start": (hour - DAY_BUCKETS + 1) * HOUR,
+                "end": now,
+                "bucket_seconds": HOUR,
+                "buckets": DAY_BUCKETS,
+            },
         },
         "per_model": per_model,
         "totals": totals,
@@ -349,17 +360,14 @@ def _read_buckets(names: list[str]) -> list[dict[str, int]]:
         pipe = redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(cache.client.make_key(name))
-        return [
-            {_text(k): int(v) for k, v in (raw or {}).items()} for raw in pipe.execute()
-        ]
+        return [{_text(k): int(v) for k, v in (raw or {}).items()} for raw in pipe.execute()]
     fields = _candidate_fields()
     keys = [f"{name}:{field}" for name in names for field in fields]
     found: dict[str, Any] = {}
     for start in range(0, len(keys), 500):  # some backends cap the parameters of one query
         found.update(cache.get_many(keys[start : start + 500]))
     return [
-        {f: int(found[f"{name}:{f}"]) for f in fields if found.get(f"{name}:{f}")}
-        for name in names
+        {f: int(found[f"{name}:{f}"]) for f in fields if found.get(f"{name}:{f}")} for name in names
     ]
 
 

@@ -112,8 +112,12 @@ class ManualInvalidation(models.Model):
         REFUSED = "refused", _("Refused")
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, verbose_name=_("user"), null=True, blank=True,
-        on_delete=models.SET_NULL, related_name="+",
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
     )
     username = models.CharField(_("username"), max_length=150, blank=True)
     created_at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)

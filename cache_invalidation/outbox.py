@@ -82,8 +82,7 @@ def relay(
             try:
                 events = decode_batch([row.event for row in members])
             except InvalidEventError as exc:
-                deadletter.record([row.event for row in members], DeadLetter.Reason.MALFORMED,
-                                  exc)
+                deadletter.record([row.event for row in members], DeadLetter.Reason.MALFORMED, exc)
                 OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
                 result.dead_lettered += 1
                 continue
@@ -94,8 +93,9 @@ def relay(
                 result.failed += 1
                 result.errors.append(f"{batch_id}: {type(exc).__name__}: {exc}")
                 if attempts > int(get_config()["MAX_RETRIES"]):
-                    deadletter.record(events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc,
-                                      attempts=attempts)
+                    deadletter.record(
+                        events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc, attempts=attempts
+                    )
                     OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
                     result.dead_lettered += 1
                     continue
@@ -106,9 +106,13 @@ def relay(
                     last_error=f"{type(exc).__name__}: {exc}",
                     available_at=now + timedelta(seconds=backoff(attempts - 1, get_config())),
                 )
-                logger.warning("cache_invalidation: outbox batch %s failed (attempt %d): %s",
-                               batch_id, attempts, exc,
-                               extra=log_extra(events, stage="relay", batch=str(batch_id)))
+                logger.warning(
+                    "cache_invalidation: outbox batch %s failed (attempt %d): %s",
+                    batch_id,
+                    attempts,
+                    exc,
+                    extra=log_extra(events, stage="relay", batch=str(batch_id)),
+                )
                 continue
             OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
             result.batches += 1

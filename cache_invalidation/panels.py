@@ -58,9 +58,11 @@ class CacheInvalidationPanel(Panel):
     def generate_stats(self, request: HttpRequest, response: HttpResponse) -> None:
         recording = getattr(self, "_recording", None) or recorder.Recording()
         reads = recording.reads
-        self.record_stats({
-            **recording.as_dict(),
-            "hits": sum(1 for r in reads if r["hit"]),
-            "misses": sum(1 for r in reads if not r["hit"]),
-            "refused": sum(1 for w in recording.writes if not w["stored"]),
-        })
+        self.record_stats(
+            {
+                **recording.as_dict(),
+                "hits": sum(1 for r in reads if r["hit"]),
+                "misses": sum(1 for r in reads if not r["hit"]),
+                "refused": sum(1 for w in recording.writes if not w["stored"]),
+            }
+        )

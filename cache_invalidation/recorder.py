@@ -64,15 +64,21 @@ def read(cache: Any, key: str, hit: bool, tags: Sequence[str] = ()) -> None:
     """A ``TaggedCache`` read ``key`` (``cache.alias`` is only looked at when recording)."""
     recording = _current.get()
     if recording is not None:
-        recording.reads.append({"alias": cache.alias, "key": key, "hit": hit,
-                                "tags": list(tags)})
+        recording.reads.append({"alias": cache.alias, "key": key, "hit": hit, "tags": list(tags)})
 
 
 def write(cache: Any, key: str, tags: Sequence[str], timeout: int, stored: bool) -> None:
     recording = _current.get()
     if recording is not None:
-        recording.writes.append({"alias": cache.alias, "key": key, "tags": list(tags),
-                                 "timeout": timeout, "stored": bool(stored)})
+        recording.writes.append(
+            {
+                "alias": cache.alias,
+                "key": key,
+                "tags": list(tags),
+                "timeout": timeout,
+                "stored": bool(stored),
+            }
+        )
 
 
 def delete(cache: Any, key: str) -> None:
@@ -87,22 +93,31 @@ def published(events: Iterable[Any], transport: str) -> None:
     if recording is None:
         return
     for event in events:
-        recording.invalidations.append({
-            "source": "event",
-            "transport": transport,
-            "event_id": event.id,
-            "type": event.type,
-            "model": event.entity_type or "manual",
-            "tags": list(event.tags),
-            "keys": list(event.keys),
-        })
+        recording.invalidations.append(
+            {
+                "source": "event",
+                "transport": transport,
+                "event_id": event.id,
+                "type": event.type,
+                "model": event.entity_type or "manual",
+                "tags": list(event.tags),
+                "keys": list(event.keys),
+            }
+        )
 
 
 def invalidated(cache: Any, tags: Sequence[str]) -> None:
     """A direct ``invalidate_tags`` call (in-process, no event)."""
     recording = _current.get()
     if recording is not None:
-        recording.invalidations.append({
-            "source": "direct", "transport": f"in-process ({cache.alias})", "event_id": "",
-            "type": "invalidate_tags", "model": "", "tags": list(tags), "keys": [],
-        })
+        recording.invalidations.append(
+            {
+                "source": "direct",
+                "transport": f"in-process ({cache.alias})",
+                "event_id": "",
+                "type": "invalidate_tags",
+                "model": "",
+                "tags": list(tags),
+                "keys": [],
+            }
+        )

@@ -241,10 +241,10 @@ def _policy_from_declaration(
         return None, problems
     for name in declared:
         if name not in OPTIONS:
-            close = difflib.get_close_matches(str(name), OPTIONS, n=1)
+            close = difflib.get_close_matches(_text(name), OPTIONS, n=1)
             problem(
                 "cache_invalidation.E002",
-                f"unknown option {name!r}.",
+                f"unknown option {_show(name)}.",
                 (f"Did you mean {close[0]!r}? " if close else "")
                 + "Valid options are: "
                 + ", ".join(OPTIONS)
@@ -268,7 +268,7 @@ def _policy_from_declaration(
                 problem(
                     "cache_invalidation.E003",
                     f"option {option!r} must contain only strings, found "
-                    f"{type(source).__name__} {source!r}.",
+                    f"{type(source).__name__} {_show(source)}.",
                 )
                 continue
             try:
@@ -309,7 +309,7 @@ def _policy_from_declaration(
         if resolved is None:
             problem(
                 "cache_invalidation.E006",
-                f"on_fields names {field_name!r}, which is no field of {model._meta.label}.",
+                f"on_fields names {_show(field_name)}, which is no field of {model._meta.label}.",
                 resolver.suggest(field_name),
             )
             continue
@@ -331,7 +331,7 @@ def _policy_from_declaration(
         if isinstance(relation, str):
             problem(
                 "cache_invalidation.E007",
-                f"related names {name!r}, {relation}",
+                f"related names {_show(name)}, {relation}",
                 resolver.suggest_relation(name),
             )
             continue
@@ -352,6 +352,18 @@ def _policy_from_declaration(
         ),
         problems,
     )
+
+
+def _show(value: Any) -> str:
+    """repr() for a message; never fails (Python refuses str() of huge integers)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _show(value)
 
 
 def _kind(option: str) -> str:
@@ -453,12 +465,12 @@ class _FieldResolver:
             f.name for f in meta.get_fields() if f.is_relation and not f.many_to_many and f.concrete
         ]
         choices += [r.get_accessor_name() or "" for r in meta.related_objects if not r.many_to_many]
-        close = difflib.get_close_matches(str(name), choices, n=1)
+        close = difflib.get_close_matches(_text(name), choices, n=1)
         prefix = f"Did you mean {close[0]!r}? " if close else ""
         return prefix + "Relations: " + (", ".join(sorted(choices)) or "none") + "."
 
     def suggest(self, name: Any) -> str:
         choices = ["pk", *self.by_attname, *self.m2m]
-        close = difflib.get_close_matches(str(name), choices, n=1)
+        close = difflib.get_close_matches(_text(name), choices, n=1)
         prefix = f"Did you mean {close[0]!r}? " if close else ""
         return prefix + "Available: " + ", ".join(sorted(set(choices))) + "."

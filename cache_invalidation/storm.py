@@ -64,8 +64,11 @@ def _value_pattern(model: Any, name: str) -> str:
     from django.db import models
 
     meta = model._meta
-    field = meta.pk if name == "pk" else next(
-        (f for f in meta.concrete_fields if f.attname == name), None)
+    field = (
+        meta.pk
+        if name == "pk"
+        else next((f for f in meta.concrete_fields if f.attname == name), None)
+    )
     while field is not None and field.is_relation:
         field = field.target_field
     if isinstance(field, (models.IntegerField, models.AutoField)):
@@ -93,8 +96,9 @@ def control(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
 
     config = get_config()
     cap = int(config["MAX_TAGS_PER_EVENT"])
-    over_rate = _over_rate(events, int(config["MODEL_RATE_LIMIT"]),
-                           int(config["RATE_LIMIT_WINDOW"]))
+    over_rate = _over_rate(
+        events, int(config["MODEL_RATE_LIMIT"]), int(config["RATE_LIMIT_WINDOW"])
+    )
     result = []
     for event in events:
         reason = None
@@ -110,12 +114,14 @@ def _escalate(event: InvalidationEvent, reason: str) -> InvalidationEvent:
     coarse = _coarse_for_event(event)
     logger.warning(
         "cache_invalidation: escalated event %s (%s) to %s: %s",
-        event.id, event.type, coarse, reason,
+        event.id,
+        event.type,
+        coarse,
+        reason,
         extra=log_extra([event], stage="escalate"),
     )
     metrics.incr("escalated", model=metrics.label(event))
-    return replace(event, tags=tuple(coarse),
-                   metadata={**event.metadata, "escalated": reason})
+    return replace(event, tags=tuple(coarse), metadata={**event.metadata, "escalated": reason})
 
 
 def _coarse_for_event(event: InvalidationEvent) -> list[str]:

@@ -212,16 +212,32 @@ class TaggedCache:
                 return found.value
             if found.leased or token is None:
                 held = token if found.leased else None
-                return self._compute(key, default, tag_list, timeout, found.since, held, capture,
-                                     stale_while_revalidate)
+                return self._compute(
+                    key,
+                    default,
+                    tag_list,
+                    timeout,
+                    found.since,
+                    held,
+                    capture,
+                    stale_while_revalidate,
+                )
             if stale_while_revalidate and found.stale is not MISSING:
                 return found.stale
             now = time.monotonic()
             if deadline is None:
                 deadline = now + float(config["LEASE_WAIT"])
             if now >= deadline:  # the lease holder is slow or gone: compute without it
-                return self._compute(key, default, tag_list, timeout, found.since, None, capture,
-                                     stale_while_revalidate)
+                return self._compute(
+                    key,
+                    default,
+                    tag_list,
+                    timeout,
+                    found.since,
+                    None,
+                    capture,
+                    stale_while_revalidate,
+                )
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
@@ -328,8 +344,9 @@ class TaggedCache:
         nested = is_active()
         want_tags = nested or recorder.current() is not None
         while True:
-            found = await lookup(key, token, config["LEASE_TIMEOUT"], stale_while_revalidate,
-                                 want_tags)
+            found = await lookup(
+                key, token, config["LEASE_TIMEOUT"], stale_while_revalidate, want_tags
+            )
             if found.value is not MISSING:
                 if nested:
                     record(found.tags or tag_list)
@@ -359,7 +376,13 @@ class TaggedCache:
                     await sync_to_async(self.backend.release, thread_sensitive=False)(key, held)
                 raise
             await sync_to_async(self._store_computed, thread_sensitive=False)(
-                key, value, tag_list, captured, timeout, found.since, held,
+                key,
+                value,
+                tag_list,
+                captured,
+                timeout,
+                found.since,
+                held,
                 stale_while_revalidate,
             )
             record(tag_list)

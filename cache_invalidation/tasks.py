@@ -148,7 +148,8 @@ def _retry_or_dead_letter(
             # is down or out of memory): dead-letter the events instead of losing them.
             return _dead_letter(
                 task, events, DeadLetter.Reason.PUBLISH_FAILED,
-                f"the retry could not be published ({getattr(rejected, 'reason', rejected)!r}) after: "
+                "the retry could not be published "
+                f"({getattr(rejected, 'reason', rejected)!r}) after: "
                 f"{type(exc).__name__}: {exc}",
                 attempts=attempts, tags=tags, keys=keys, drains=drains,
             )

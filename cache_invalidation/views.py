@@ -57,7 +57,7 @@ def allowed(request: HttpRequest) -> bool:
     token = get_config()["METRICS_TOKEN"]
     header = request.headers.get("Authorization", "")
     if token and header.startswith("Bearer "):
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), str(token).encode())
+        return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), str(token).encode())
     return False
 
 
@@ -96,8 +96,10 @@ class _Collector:
                 totals = metrics.read_totals()
 
         events = CounterMetricFamily(
-            "cache_invalidation_events", "Invalidation events per model and outcome.",
-            labels=["model", "outcome"])
+            "cache_invalidation_events",
+            "Invalidation events per model and outcome.",
+            labels=["model", "outcome"],
+        )
         for model, counts in sorted(totals["per_model"].items()):
             for outcome in metrics.NAMES:
                 events.add_metric([model, outcome], counts.get(outcome, 0))
@@ -112,14 +114,16 @@ class _Collector:
                 buckets.append((bound, cumulative))
             histogram = HistogramMetricFamily(
                 "cache_invalidation_lag_seconds",
-                "Seconds from an event being made (before commit) to its invalidation applied.")
+                "Seconds from an event being made (before commit) to its invalidation applied.",
+            )
             histogram.add_metric([], buckets, sum_value=lag["sum_ms"] / 1000)
             yield histogram
 
         quantiles = GaugeMetricFamily(
             "cache_invalidation_lag_last_hour_seconds",
             "Estimated lag percentiles over the last hour (from the histogram).",
-            labels=["quantile"])
+            labels=["quantile"],
+        )
         hour = status["metrics"]["lag_ms"]
         for name, q in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
             if hour[name] is not None:
@@ -128,24 +132,39 @@ class _Collector:
 
         letters, backlog = status["dead_letters"], status["outbox"]
         for name, doc, value in (
-            ("cache_invalidation_dead_letters_pending", "Pending dead letters.",
-             letters["pending"]),
-            ("cache_invalidation_dead_letters_oldest_age_seconds",
-             "Age of the oldest pending dead letter (0 when none).", letters["oldest_age"] or 0),
-            ("cache_invalidation_outbox_rows", "Outbox rows waiting for delivery.",
-             backlog["rows"]),
-            ("cache_invalidation_outbox_oldest_age_seconds",
-             "Age of the oldest outbox row (0 when none).", backlog["oldest_age"] or 0),
+            (
+                "cache_invalidation_dead_letters_pending",
+                "Pending dead letters.",
+                letters["pending"],
+            ),
+            (
+                "cache_invalidation_dead_letters_oldest_age_seconds",
+                "Age of the oldest pending dead letter (0 when none).",
+                letters["oldest_age"] or 0,
+            ),
+            (
+                "cache_invalidation_outbox_rows",
+                "Outbox rows waiting for delivery.",
+                backlog["rows"],
+            ),
+            (
+                "cache_invalidation_outbox_oldest_age_seconds",
+                "Age of the oldest outbox row (0 when none).",
+                backlog["oldest_age"] or 0,
+            ),
         ):
             if value is not None:
                 yield GaugeMetricFamily(name, doc, value=value)
 
-        up = GaugeMetricFamily("cache_invalidation_up", "1 when the check answered, else 0.",
-                               labels=["check"])
+        up = GaugeMetricFamily(
+            "cache_invalidation_up", "1 when the check answered, else 0.", labels=["check"]
+        )
         for check in ("cache", "database", "broker"):
             if check != "broker" or status["broker"]["used"]:
                 up.add_metric([check], 1 if status[check]["ok"] else 0)
         yield up
-        yield GaugeMetricFamily("cache_invalidation_healthy",
-                                "1 when manage.py cache_invalidation_status would exit 0.",
-                                value=1 if status["healthy"] else 0)
+        yield GaugeMetricFamily(
+            "cache_invalidation_healthy",
+            "1 when manage.py cache_invalidation_status would exit 0.",
+            value=1 if status["healthy"] else 0,
+        )

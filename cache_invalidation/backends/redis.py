@@ -200,8 +200,12 @@ class RedisTagBackend:
 
     def _tolerate(self, exc: RedisError, what: str) -> bool:
         if getattr(self.cache, "_ignore_exceptions", False):
-            logger.warning("cache_invalidation: %s failed and was ignored: %s", what, exc,
-                           extra=log_extra(stage="store"))
+            logger.warning(
+                "cache_invalidation: %s failed and was ignored: %s",
+                what,
+                exc,
+                extra=log_extra(stage="store"),
+            )
             return True
         return False
 
@@ -220,10 +224,22 @@ class RedisTagBackend:
     def lookup(
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
-        keys = [self._key(key), self._key("ci:seq"), self._key("ci:l:" + key),
-                self._key("ci:s:" + key), self._key("ci:tl:" + key), self._key("ci:epoch")]
-        args = ["1" if lease else "0", lease or "", int(lease_ttl * 1000), "1" if stale else "0",
-                "1" if tags else "0", self._index_ttl_ms() * 4]
+        keys = [
+            self._key(key),
+            self._key("ci:seq"),
+            self._key("ci:l:" + key),
+            self._key("ci:s:" + key),
+            self._key("ci:tl:" + key),
+            self._key("ci:epoch"),
+        ]
+        args = [
+            "1" if lease else "0",
+            lease or "",
+            int(lease_ttl * 1000),
+            "1" if stale else "0",
+            "1" if tags else "0",
+            self._index_ttl_ms() * 4,
+        ]
         try:
             value, since, leased, stale_raw, tag_list = self._run(_LOOKUP, keys, args)
         except RedisError as exc:
@@ -231,8 +247,7 @@ class RedisTagBackend:
                 return Lookup(MISSING, 0)
             raise
         found = _tag_list(tag_list)
-        return Lookup(self._decode(value), int(since), bool(leased), self._decode(stale_raw),
-                      found)
+        return Lookup(self._decode(value), int(since), bool(leased), self._decode(stale_raw), found)
 
     def store(
         self,
@@ -245,9 +260,16 @@ class RedisTagBackend:
         keep_stale: int = 0,
     ) -> bool:
         tag_keys, version_keys = self._tag_keys(tags)
-        keys = [self._key(key), self._key("ci:l:" + key), self._key("ci:s:" + key),
-                self._key("ci:tl:" + key), *tag_keys, *version_keys, self._key("ci:epoch"),
-                self._key("ci:seq")]
+        keys = [
+            self._key(key),
+            self._key("ci:l:" + key),
+            self._key("ci:s:" + key),
+            self._key("ci:tl:" + key),
+            *tag_keys,
+            *version_keys,
+            self._key("ci:epoch"),
+            self._key("ci:seq"),
+        ]
         args = [
             self.client_wrapper.encode(value),
             timeout * 1000,
@@ -287,8 +309,13 @@ class RedisTagBackend:
         drain_prefix = self._key(f"ci:d:{uuid.uuid4().hex[:8]}:")
         done, draining = self._run(
             _INVALIDATE,
-            [self._key("ci:seq"), *tag_keys, *version_keys, self._key("ci:epoch"),
-             *(self._key(k) for k in keys)],
+            [
+                self._key("ci:seq"),
+                *tag_keys,
+                *version_keys,
+                self._key("ci:epoch"),
+                *(self._key(k) for k in keys),
+            ],
             [len(tags), self._index_ttl_ms(), CHUNK, drain_prefix],
         )
         deleted += int(done)

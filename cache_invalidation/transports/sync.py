@@ -28,7 +28,13 @@ class SyncTransport:
 
             report_failure(events, exc, stage="apply", will_retry=False)
             if isinstance(exc, PartialInvalidation):
-                deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc.__cause__ or exc,
-                                  tags=(), keys=(), drains=exc.drains)
+                deadletter.record(
+                    events,
+                    DeadLetter.Reason.APPLY_FAILED,
+                    exc.__cause__ or exc,
+                    tags=(),
+                    keys=(),
+                    drains=exc.drains,
+                )
             else:
                 deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc)

@@ -39,13 +39,22 @@ class Command(BaseCommand):
     BAD_DATABASE = "--database {alias!r} is not a database alias; choose one of: {choices}."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--json", action="store_true",
-                            help="Print the status as JSON on stdout instead of text.")
-        parser.add_argument("--index", action="store_true",
-                            help="Also scan the tag index for its size (reads every tag set).")
-        parser.add_argument("--database", metavar="ALIAS",
-                            help="Database holding the dead letters and the outbox "
-                                 "(default: where the router puts them).")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print the status as JSON on stdout instead of text.",
+        )
+        parser.add_argument(
+            "--index",
+            action="store_true",
+            help="Also scan the tag index for its size (reads every tag set).",
+        )
+        parser.add_argument(
+            "--database",
+            metavar="ALIAS",
+            help="Database holding the dead letters and the outbox "
+            "(default: where the router puts them).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         using = options["database"]
@@ -60,8 +69,9 @@ class Command(BaseCommand):
         elif options["verbosity"] >= 1:
             self._table(status)
         if not status["healthy"]:
-            raise CommandError(self.UNHEALTHY.format(problems="; ".join(status["problems"])),
-                               returncode=1)
+            raise CommandError(
+                self.UNHEALTHY.format(problems="; ".join(status["problems"])), returncode=1
+            )
         if not options["json"] and options["verbosity"] >= 1:
             self.stdout.write(self.style.SUCCESS(self.HEALTHY))
 
@@ -83,8 +93,9 @@ class Command(BaseCommand):
         else:
             for window, title in (("hour", "last hour"), ("day", "last day")):
                 write(self.EVENTS.format(window=title))
-                rows = {m: c[window] for m, c in metrics["per_model"].items() if any(
-                    c[window].values())}
+                rows = {
+                    m: c[window] for m, c in metrics["per_model"].items() if any(c[window].values())
+                }
                 if not rows:
                     write(self.NO_EVENTS)
                     continue
@@ -98,24 +109,37 @@ class Command(BaseCommand):
                 if not lag["samples"]:
                     write(self.NO_LAG.format(window=title))
                 else:
-                    write(self.LAG_ROW.format(
-                        window=title, samples=lag["samples"],
-                        **{p: f"{lag[p]:g} ms" for p in ("p50", "p95", "p99")}))
+                    write(
+                        self.LAG_ROW.format(
+                            window=title,
+                            samples=lag["samples"],
+                            **{p: f"{lag[p]:g} ms" for p in ("p50", "p95", "p99")},
+                        )
+                    )
 
         letters = status["dead_letters"]
         if letters["error"]:
             write(self.UNREADABLE.format(what="Dead letters", error=letters["error"]))
         else:
             reasons = ", ".join(f"{n} {r}" for r, n in letters["by_reason"].items())
-            write(self.DEAD_LETTERS.format(
-                pending=letters["pending"], oldest=_oldest(letters["oldest_age"]),
-                reasons=f" ({reasons})" if reasons else ""))
+            write(
+                self.DEAD_LETTERS.format(
+                    pending=letters["pending"],
+                    oldest=_oldest(letters["oldest_age"]),
+                    reasons=f" ({reasons})" if reasons else "",
+                )
+            )
         backlog = status["outbox"]
         if backlog["error"]:
             write(self.UNREADABLE.format(what="Outbox", error=backlog["error"]))
         else:
-            write(self.OUTBOX.format(rows=backlog["rows"], oldest=_oldest(backlog["oldest_age"]),
-                                     used="" if backlog["used"] else " (transport not used)"))
+            write(
+                self.OUTBOX.format(
+                    rows=backlog["rows"],
+                    oldest=_oldest(backlog["oldest_age"]),
+                    used="" if backlog["used"] else " (transport not used)",
+                )
+            )
         index = status["index"]
         if index.get("scanned"):
             write(self.INDEX.format(**index))

@@ -18,22 +18,34 @@ class Command(BaseCommand):
         "in a loop with --loop. Safe to run several at a time."
     )
 
-    DELIVERED = "Delivered {batches} batch(es), {events} event(s); {failed} failed, " \
-                "{dead_lettered} dead-lettered."
+    DELIVERED = (
+        "Delivered {batches} batch(es), {events} event(s); {failed} failed, "
+        "{dead_lettered} dead-lettered."
+    )
     BACKLOG = "Backlog: {rows} row(s), oldest {age}."
     WOULD = "Would deliver up to {limit} of {rows} pending row(s)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--loop", action="store_true",
-                            help="Keep relaying until interrupted (CONTROL-C or SIGTERM).")
-        parser.add_argument("--interval", type=float, default=1.0,
-                            help="Seconds between rounds with --loop (default 1).")
-        parser.add_argument("--limit", type=int, default=500,
-                            help="Rows per round (default 500).")
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS,
-                            help="Database alias holding the outbox (default 'default').")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Show the backlog; deliver nothing.")
+        parser.add_argument(
+            "--loop",
+            action="store_true",
+            help="Keep relaying until interrupted (CONTROL-C or SIGTERM).",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=1.0,
+            help="Seconds between rounds with --loop (default 1).",
+        )
+        parser.add_argument("--limit", type=int, default=500, help="Rows per round (default 500).")
+        parser.add_argument(
+            "--database",
+            default=DEFAULT_DB_ALIAS,
+            help="Database alias holding the outbox (default 'default').",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Show the backlog; deliver nothing."
+        )
         parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -68,5 +80,7 @@ class Command(BaseCommand):
         elif options["verbosity"] >= 1:
             self.stdout.write(self.style.SUCCESS(self.DELIVERED.format(**total.as_dict())))
         if total.failed and not options["loop"]:
-            raise CommandError("Some batches failed and stay in the outbox: "
-                               + "; ".join(total.errors), returncode=1)
+            raise CommandError(
+                "Some batches failed and stay in the outbox: " + "; ".join(total.errors),
+                returncode=1,
+            )

@@ -26,17 +26,29 @@ class Command(BaseCommand):
     NEED_SELECTION = "Say which dead letters to replay: --id N (repeatable), --older-than or --all."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--id", dest="ids", type=int, action="append", metavar="N",
-                            help="Replay this dead letter (repeatable).")
+        parser.add_argument(
+            "--id",
+            dest="ids",
+            type=int,
+            action="append",
+            metavar="N",
+            help="Replay this dead letter (repeatable).",
+        )
         parser.add_argument("--all", action="store_true", help="Replay every pending one.")
-        parser.add_argument("--older-than", metavar="DURATION",
-                            help="Only those that first failed longer ago, e.g. 15m, 2h, 7d.")
-        parser.add_argument("--limit", type=int, metavar="N",
-                            help="Replay at most N (oldest first).")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Show what would be replayed; change nothing.")
-        parser.add_argument("--json", action="store_true",
-                            help="Print a JSON summary on stdout instead of text.")
+        parser.add_argument(
+            "--older-than",
+            metavar="DURATION",
+            help="Only those that first failed longer ago, e.g. 15m, 2h, 7d.",
+        )
+        parser.add_argument(
+            "--limit", type=int, metavar="N", help="Replay at most N (oldest first)."
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Show what would be replayed; change nothing."
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="Print a JSON summary on stdout instead of text."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ids = options["ids"]
@@ -54,37 +66,50 @@ class Command(BaseCommand):
 
         if options["dry_run"]:
             if options["json"]:
-                self.stdout.write(json.dumps({
-                    "dry_run": True,
-                    "would_replay": len(selected),
-                    "ids": [r.pk for r in selected],
-                }))
+                self.stdout.write(
+                    json.dumps(
+                        {
+                            "dry_run": True,
+                            "would_replay": len(selected),
+                            "ids": [r.pk for r in selected],
+                        }
+                    )
+                )
                 return
             if not selected:
                 self.stdout.write(self.NOTHING)
                 return
-            self.stdout.write(self.WOULD_REPLAY.format(
-                count=len(selected), ids=", ".join(f"#{r.pk}" for r in selected)))
+            self.stdout.write(
+                self.WOULD_REPLAY.format(
+                    count=len(selected), ids=", ".join(f"#{r.pk}" for r in selected)
+                )
+            )
             if verbosity >= 2:
                 for r in selected:
-                    self.stdout.write(self.WOULD_TOUCH.format(
-                        pk=r.pk, reason=r.reason, attempts=r.attempts, tags=r.tags, keys=r.keys))
+                    self.stdout.write(
+                        self.WOULD_TOUCH.format(
+                            pk=r.pk, reason=r.reason, attempts=r.attempts, tags=r.tags, keys=r.keys
+                        )
+                    )
             return
 
         progress = Progress(len(selected), self.stderr, enabled=not options["json"])
-        result = deadletter.replay([r.pk for r in selected],
-                                   progress=lambda pk, ok: progress.step(ok))
+        result = deadletter.replay(
+            [r.pk for r in selected], progress=lambda pk, ok: progress.step(ok)
+        )
         if options["json"]:
             self.stdout.write(json.dumps(result.as_dict()))
         else:
             if not selected:
                 self.stdout.write(self.NOTHING)
             if result.replayed and verbosity >= 1:
-                self.stdout.write(self.style.SUCCESS(
-                    self.REPLAYED.format(count=len(result.replayed))))
+                self.stdout.write(
+                    self.style.SUCCESS(self.REPLAYED.format(count=len(result.replayed)))
+                )
             if result.skipped and verbosity >= 1:
                 self.stdout.write(self.SKIPPED.format(count=len(result.skipped)))
         if result.failed:
             ids_text = ", ".join(f"#{pk} ({error})" for pk, error in result.failed.items())
-            raise CommandError(self.FAILED.format(count=len(result.failed), ids=ids_text),
-                               returncode=1)
+            raise CommandError(
+                self.FAILED.format(count=len(result.failed), ids=ids_text), returncode=1
+            )
