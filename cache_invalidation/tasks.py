@@ -74,28 +74,43 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
     if deliveries > int(config["MAX_DELIVERIES"]):
         error = f"delivered {deliveries} times to workers that died before finishing it"
         report_failure(events, RuntimeError(error), stage="apply", will_retry=False)
-        return _dead_letter(self, events, DeadLetter.Reason.WORKER_LOST, error,
-                            attempts=deliveries)
+        return _dead_letter(self, events, DeadLetter.Reason.WORKER_LOST, error, attempts=deliveries)
     attempts = self.request.retries + 1
     logger.info(
         "cache_invalidation: applying %d event(s) (attempt %d, delivery %d): tags %s, keys %s",
-        len(events), attempts, deliveries,
-        sorted({t for e in events for t in e.tags}), sorted({k for e in events for k in e.keys}),
+        len(events),
+        attempts,
+        deliveries,
+        sorted({t for e in events for t in e.tags}),
+        sorted({k for e in events for k in e.keys}),
         extra=log_extra(events, stage="apply", task_id=self.request.id),
     )
     try:
         deleted = apply_events(events, drains=drains or ())
     except PartialInvalidation as exc:
         return _retry_or_dead_letter(
-            self, events, exc.__cause__ or exc, config, attempts,
-            kwargs={"drains": exc.drains}, tags=(), keys=(), drains=exc.drains,
+            self,
+            events,
+            exc.__cause__ or exc,
+            config,
+            attempts,
+            kwargs={"drains": exc.drains},
+            tags=(),
+            keys=(),
+            drains=exc.drains,
         )
     except RETRYABLE as exc:
         return _retry_or_dead_letter(self, events, exc, config, attempts, drains=drains or ())
     except Exception as exc:
         report_failure(events, exc, stage="apply", will_retry=False)
-        return _dead_letter(self, events, DeadLetter.Reason.APPLY_FAILED, exc,
-                            attempts=attempts, drains=drains or ())
+        return _dead_letter(
+            self,
+            events,
+            DeadLetter.Reason.APPLY_FAILED,
+            exc,
+            attempts=attempts,
+            drains=drains or (),
+        )
     _forget_delivery(self.request)
     return deleted
 
@@ -111,7 +126,8 @@ def _dead_letter(task: Any, events: Any, reason: str, error: Any, **fields: Any)
     countdown = backoff(task.request.retries, get_config())
     logger.critical(
         "cache_invalidation: the dead letter could not be written; the message is retried "
-        "in %.1f s", countdown,
+        "in %.1f s",
+        countdown,
         extra=log_extra(events if isinstance(events, list) else [], stage="dead_letter"),
     )
     try:
@@ -147,14 +163,27 @@ def _retry_or_dead_letter(
             # Celery rejects (drops) the message when it cannot publish the retry (the broker
             # is down or out of memory): dead-letter the events instead of losing them.
             return _dead_letter(
-                task, events, DeadLetter.Reason.PUBLISH_FAILED,
+                task,
+                events,
+                DeadLetter.Reason.PUBLISH_FAILED,
                 "the retry could not be published "
                 f"({getattr(rejected, 'reason', rejected)!r}) after: "
                 f"{type(exc).__name__}: {exc}",
-                attempts=attempts, tags=tags, keys=keys, drains=drains,
+                attempts=attempts,
+                tags=tags,
+                keys=keys,
+                drains=drains,
             )
-    return _dead_letter(task, events, DeadLetter.Reason.RETRIES_EXHAUSTED, exc,
-                        attempts=attempts, tags=tags, keys=keys, drains=drains)
+    return _dead_letter(
+        task,
+        events,
+        DeadLetter.Reason.RETRIES_EXHAUSTED,
+        exc,
+        attempts=attempts,
+        tags=tags,
+        keys=keys,
+        drains=drains,
+    )
 
 
 def _delivery_key(request: Any) -> str:
@@ -193,8 +222,9 @@ def prune_tag_index() -> dict[str, int]:
     from .tagging import TaggedCache
 
     result = TaggedCache().prune_index()
-    logger.info("cache_invalidation: pruned the tag index: %s", result,
-                extra=log_extra(stage="prune"))
+    logger.info(
+        "cache_invalidation: pruned the tag index: %s", result, extra=log_extra(stage="prune")
+    )
     return result
 
 
@@ -210,8 +240,9 @@ def replay_dead_letters(limit: int = 100) -> dict[str, Any]:
     due = list(deadletter.pending(due_only=True).values_list("pk", flat=True)[:limit])
     result = deadletter.replay(due).as_dict()
     if due:
-        logger.info("cache_invalidation: automatic replay: %s", result,
-                    extra=log_extra(stage="replay"))
+        logger.info(
+            "cache_invalidation: automatic replay: %s", result, extra=log_extra(stage="replay")
+        )
     return result
 
 
@@ -222,6 +253,5 @@ def relay_outbox(limit: int = 500) -> dict[str, Any]:
 
     result = outbox.relay(limit=limit).as_dict()
     if result["batches"] or result["failed"]:
-        logger.info("cache_invalidation: outbox relay: %s", result,
-                    extra=log_extra(stage="relay"))
+        logger.info("cache_invalidation: outbox relay: %s", result, extra=log_extra(stage="relay"))
     return result
