@@ -1,19 +1,31 @@
-"""Run one benchmark: ``python -m benchmarks bigtag [--members N]``."""
+"""``python -m benchmarks <command> [options]``:
+
+- ``all [--quick]``: every contender and workload, side by side; results, plots, summary.
+- ``run --contender X [--workload Y] [--scale quick|full] --json``: one contender.
+- ``seed --scale quick|full --db bench_...``: fill a template database.
+- ``bigtag [--members N]``: how long Redis is blocked invalidating one huge tag.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from importlib import import_module
 
-from . import bigtag
-
-BENCHMARKS = {"bigtag": bigtag.main}
+BENCHMARKS: dict[str, str] = {
+    "all": "benchmarks.orchestrate",
+    "run": "benchmarks.run",
+    "seed": "benchmarks.seed",
+    "bigtag": "benchmarks.bigtag",
+}
 
 
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
         print("usage: python -m benchmarks {" + ",".join(BENCHMARKS) + "} [options]")
         return 2
-    return BENCHMARKS[sys.argv[1]](sys.argv[2:])
+    entry: Callable[[list[str]], int] = import_module(BENCHMARKS[sys.argv[1]]).main
+    return entry(sys.argv[2:])
 
 
 if __name__ == "__main__":
