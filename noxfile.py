@@ -1,7 +1,7 @@
 """The test matrix: the suite on PostgreSQL for every supported Django and Python pair.
 
     nox -s tests                   # the whole matrix, one session after another
-    nox -j 4 -s tests              # the same, all sessions at once (what .ci/run does)
+    nox -j 2 -s tests              # the same, two sessions at a time
     nox -s "tests(django42-py311)" # one pair; `nox -l` lists them
 
 Each session needs Redis and PostgreSQL as README.rst's test command does, and gets a database

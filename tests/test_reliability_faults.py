@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -356,7 +356,7 @@ def running(worker: Worker) -> Iterator[Worker]:
 
 
 def sqlite_dead_letters(db: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(db, timeout=10) as conn:
+    with closing(sqlite3.connect(db, timeout=10)) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute("SELECT reason, status, tags, events, last_error "
                             "FROM cache_invalidation_deadletter").fetchall()
