@@ -92,6 +92,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workload", action="append", choices=workload_names(),
                         help="repeatable; default: all. With --contender or --workload, the "
                              "stored results of everything not re-run are kept and merged")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: summary and plots from the stored results")
     parser.add_argument("--plots", type=Path,
                         help="where to write PNGs (default: docs/benchmarks for the full run)")
     args = parser.parse_args(argv)
@@ -101,12 +103,16 @@ def main(argv: list[str]) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     template = f"bench_tpl_{scale}_{os.getpid()}"
-    partial = bool(args.contender or args.workload)
+    partial = bool(args.contender or args.workload or args.report)
     results: dict[str, dict[str, Any]] = stored(outdir) if partial else {}
     failed: list[str] = []
-    print(f"benchmarks: {scale} run of {', '.join(chosen)}", flush=True)
+    if args.report:
+        chosen = []
+    else:
+        print(f"benchmarks: {scale} run of {', '.join(chosen)}", flush=True)
     try:
-        seed(scale, template)
+        if chosen:
+            seed(scale, template)
         for contender in chosen:
             path = outdir / f"{contender}.json"
             fresh = outdir / f"{contender}.new.json"
@@ -130,7 +136,8 @@ def main(argv: list[str]) -> int:
             print(f"benchmarks: {contender} " + (f"skipped: {note}" if note else
                   f"done in {time.perf_counter() - t0:.1f}s"), flush=True)
     finally:
-        infra.drop_database(template)
+        if chosen:
+            infra.drop_database(template)
     wall = time.perf_counter() - started
     text = machine_text(machine())
     for contender, result in results.items():
@@ -148,7 +155,8 @@ def main(argv: list[str]) -> int:
             infra.ROOT) else str(p) for p in written) + "\n"
     except ImportError:
         text += "\nPlots: skipped, matplotlib is not installed (pip install -e '.[bench]')\n"
-    text += f"\nWall time: {wall:.0f} s ({scale} run)\n"
+    if chosen:
+        text += f"\nWall time: {wall:.0f} s ({scale} run)\n"
     (outdir / "summary.rst").write_text(text)
     (outdir / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
     (outdir / "targets.json").write_text(json.dumps(report.targets(results), indent=2) + "\n")

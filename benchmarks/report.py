@@ -95,13 +95,19 @@ def fanout_table(results: dict[str, dict[str, Any]]) -> str:
         m = _w(results[c], "fanout")
         if not m:
             continue
+        ttl = results[c].get("ttl", 60)
         for s in m["sizes"]:
             longest = s["redis_longest"]
+            # A fill longer than the TTL lets early entries expire: no memory figure then.
+            outlived = s.get("fill_outlived_ttl", s["fill_seconds"] > ttl)
+            memory = "n/a (fill > TTL)" if outlived else s["memory_bytes_per_entry"]
             rows.append([c, s["entries"], s["write_ms"], s["window_ms"], longest["ms"],
-                         _short(longest["command"]), s["memory_bytes_per_entry"],
+                         _short(longest["command"]), memory,
+                         f"{s['cached_before']}/{s['sampled']}",
                          f"{s['cached_after']}/{s['sampled']}", s["fill_us_per_entry"]])
     return table(["contender", "entries", "save ms", "window ms", "longest Redis ms",
-                  "longest command", "bytes/entry", "served after", "fill µs/entry"], rows)
+                  "longest command", "bytes/entry", "served before", "served after",
+                  "fill µs/entry"], rows)
 
 
 def bulk_table(results: dict[str, dict[str, Any]]) -> str:
@@ -172,12 +178,12 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         m = _w(results.get(c, {}), "micro")
         if m:
             add(f"save() ≤ 1.10{TIMES} plain save ({c})",
-                f"{m['save']['p50']} ms vs {m['plain_save']['p50']} ms (p50)",
+                f"{_cell(m['save']['p50'])} ms vs {_cell(m['plain_save']['p50'])} ms (p50)",
                 m["save_ratio_p50"], 1.10, m["save_ratio_p50"] <= 1.10)
     m = _w(results.get("ours_sync", {}), "micro")
     if m:
         add(f"tagged hit ≤ 1.2{TIMES} django-redis get",
-            f"{m['hit']['p50']} ms vs {m['redis_get']['p50']} ms (p50)",
+            f"{_cell(m['hit']['p50'])} ms vs {_cell(m['redis_get']['p50'])} ms (p50)",
             m["hit_ratio_p50"], 1.2, m["hit_ratio_p50"] <= 1.2)
     for c in ("ours_sync", "ours_celery"):
         for workload, label in (("correctness", c), ("correctness_nocapture",
@@ -197,7 +203,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if p99s:
             worst = max(v for _, v in p99s)
             add(f"window p99 ≤ {limit:g} ms ({c})",
-                ", ".join(f"{n}: {v} ms" for n, v in p99s), worst / limit, limit, worst <= limit)
+                ", ".join(f"{n}: {_cell(v)} ms" for n, v in p99s), worst / limit, limit,
+                worst <= limit)
     m = _w(results.get("ours_celery", {}), "events")
     if m:
         # The verdict counts the run where every event's own tags were invalidated: with the
@@ -206,11 +213,12 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         clean = next((r for r in batched if r.get("rate_limit") == "off"), batched[-1])
         rate = clean["events_per_second"]
         others = "; ".join(
-            f"{r['events_per_second']} with the default rate limit, {r['escalated']} of "
-            f"{r['events']} escalated" for r in batched if r is not clean)
+            f"{_cell(r['events_per_second'])} with the default rate limit, {r['escalated']} of "
+            f"{_cell(r['events'])} escalated" for r in batched if r is not clean)
         add(f"≥ 5,000 events/s, one worker, batches of {clean['batch_size']}",
-            f"{rate} events/s, no escalation ({m['runs'][0]['events_per_second']} unbatched; "
-            f"{others})", None if rate is None else rate / 5000, 5000,
+            f"{_cell(rate)} events/s, no escalation "
+            f"({_cell(m['runs'][0]['events_per_second'])} unbatched; {others})",
+            None if rate is None else rate / 5000, 5000,
             None if rate is None else rate >= 5000)
     cachalot = _w(results.get("cachalot", {}), "mixed_80")
     ttl = _w(results.get("ttl", {}), "mixed_80")
@@ -235,7 +243,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             blocks.append((f"{c} bulk {v['rows']:,}", v["redis_longest"]["ms"]))
     if blocks:
         name, worst = max(blocks, key=lambda b: b[1])
-        add("Redis never blocked > 10 ms by an invalidation", f"longest {worst} ms ({name})",
+        add("Redis never blocked > 10 ms by an invalidation", f"longest {_cell(worst)} ms ({name})",
             worst / 10, 10, worst <= 10)
     return out
 

@@ -95,7 +95,10 @@ def run(
 
         ctx = Context(contenders.get(contender), scale, port, worker_env(env), logdir)
         stack.callback(ctx.stop_worker)
+        from django.conf import settings
+
         result["versions"] = versions(ctx)
+        result["ttl"] = settings.TTL
         result["workloads"] = {}
         result["seconds"] = {}
         # Other work on the machine skews every figure: say how busy it was.

@@ -42,6 +42,7 @@ class CommitClock:
         local = self.local
 
         def _commit() -> Any:
+            local.sent = time.time()
             result = original(wrapper)
             local.at = time.time()
             return result
@@ -49,20 +50,23 @@ class CommitClock:
         wrapper._commit = _commit  # type: ignore[method-assign]
         wrapper._bench_clock = self  # type: ignore[attr-defined]
 
-    def last(self) -> float | None:
-        return getattr(self.local, "at", None)
+    def last(self) -> tuple[float | None, float | None]:
+        """(COMMIT sent, COMMIT acknowledged) of this thread's last commit. The new rows
+        became visible to other connections somewhere in between."""
+        return getattr(self.local, "sent", None), getattr(self.local, "at", None)
 
 
 @dataclass
 class Write:
     kind: str
     started: float
-    committed: float
+    committed: float  # COMMIT acknowledged: visible to every reader from here on
     done: float
     events: list[str] = field(default_factory=list)
     pks: list[int] = field(default_factory=list)
     applied: float | None = None
     queries: int = 0
+    commit_sent: float | None = None  # COMMIT sent: possibly visible from here on
 
     @property
     def latency(self) -> float:
@@ -110,8 +114,9 @@ class Writes:
         with transaction.atomic():
             result = fn()
         done = time.time()
-        committed = self.clock.last() or done
-        write = Write(kind, started, committed, done, list(self.local.ids), pks or [])
+        sent, committed = self.clock.last()
+        write = Write(kind, started, committed or done, done, list(self.local.ids), pks or [],
+                      commit_sent=sent)
         self.local.ids = None
         if record:
             with self.lock:

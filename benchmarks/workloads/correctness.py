@@ -168,16 +168,18 @@ def analyse(
         states = history[pk]
         if cached != actual:
             differs_from_db += 1
+        # A commit is certain once acknowledged (``committed``) but may be visible from the
+        # moment it was sent, and under load the writer learns of it milliseconds later.
         times = [t for t, _, _ in states]
-        current = bisect.bisect_right(times, started) - 1  # last commit before the read
+        current = bisect.bisect_right(times, started) - 1  # last commit certain before the read
         if cached == states[current][1]:
             continue
-        during = bisect.bisect_right(times, ended) - 1  # last commit before the read ended
-        if any(states[i][1] == cached for i in range(current + 1, during + 1)):
-            continue  # a state committed while the read ran: fresh
+        if any(states[i][1] == cached for i in range(current + 1, len(states))):
+            continue  # a newer state: committed while the read ran
         earlier = [i for i in range(current) if states[i][1] == cached]
         if not earlier:
-            if during > current:
+            sent = [_sent(records[states[i][2]]) for i in range(current + 1, len(states))]
+            if any(t <= ended for t in sent):
                 torn_live += 1  # two queries straddled a commit: not a cache fault
                 continue
             torn += 1  # matches no committed state: stored from parts of two states
@@ -231,13 +233,18 @@ def _example(pk: int, started: float, ended: float, cached: Any, states: list[An
     writes = []
     for i in range(max(1, replaced_by - 1), min(len(states), current + 2)):
         w = records[states[i][2]]
-        writes.append({"kind": w.kind, "committed": ms(w.committed), "done": ms(w.done),
+        writes.append({"kind": w.kind, "commit_sent": ms(w.commit_sent),
+                       "committed": ms(w.committed), "done": ms(w.done),
                        "applied": ms(w.applied), "events": len(w.events),
                        "replaced_the_value_read": i == replaced_by})
     return {"pk": pk, "read_started": ms(started), "read_ended": ms(ended),
             "value_read": dict(cached) if cached else None,
             "current_value": dict(states[current][1]) if states[current][1] else None,
             "writes": writes}
+
+
+def _sent(write: Any) -> float:
+    return write.commit_sent if write.commit_sent is not None else write.committed
 
 
 def _invalidated_at(write: Any) -> float | None:
