@@ -70,9 +70,6 @@ class Context:
         """Empty the cache database of this run's private redis-server (never the broker's)."""
         self.redis.flushdb()
 
-    def used_memory(self) -> int:
-        return int(self.redis.info("memory")["used_memory"])
-
     def cache_keys(self) -> int:
         return int(self.redis.dbsize())
 

@@ -1,8 +1,8 @@
 """The services a run needs, started and removed by the run: a private redis-server, a
 PostgreSQL database cloned from a seeded template, a Celery worker.
 
-A private redis-server (on a free loopback port, no persistence) keeps SLOWLOG, LATENCY and
-INFO memory about this contender alone, and never touches the shared Redis on 6379. The
+A private redis-server (on a free loopback port, no persistence) keeps SLOWLOG and memory
+figures about this contender alone, and never touches the shared Redis on 6379. The
 PostgreSQL server is shared: every database created here is named ``bench_*`` and dropped.
 """
 
@@ -46,8 +46,7 @@ def redis_server() -> Iterator[int]:
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--slowlog-log-slower-than", "1000", "--slowlog-max-len", "200000",
-         "--latency-monitor-threshold", "1"],
+         "--dir", workdir, "--slowlog-log-slower-than", "1000", "--slowlog-max-len", "200000"],
         stdout=subprocess.DEVNULL,
     )
     try:

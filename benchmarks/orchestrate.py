@@ -46,6 +46,7 @@ def merge(old: dict[str, Any] | None, new: dict[str, Any], some_workloads: bool)
         return new
     old["workloads"].update(new["workloads"])
     old["seconds"].update(new["seconds"])
+    old["scale"] = new["scale"]  # the current definition (the re-run used it)
     old.setdefault("reruns", []).append({
         "workloads": sorted(new["workloads"]), "loadavg": new.get("loadavg"),
         "versions": new.get("versions"), "at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -116,6 +116,7 @@ def _correctness(plt: Any, results: dict[str, Any], names: list[str]) -> Any:
     axes[0].set_xticks(xs, [n.replace(", ", "\n") for n in present], rotation=30, ha="right",
                        fontsize=8)
     axes[0].set_title("stale reads")
+    axes[0].set_yscale("symlog")
     axes[0].legend(fontsize=8)
     _bars(axes[1], present, [d["stale_age"]["max"] for d in data], "oldest stale read, ms")
     axes[1].set_yscale("symlog")
