@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from . import dedup, metrics, signals, storm
+from .bookkeeping import Bookkeeping
 from .events import InvalidationEvent, union
 from .logfields import log_extra
 from .tagging import TaggedCache
@@ -21,34 +22,51 @@ def apply_events(
     tags: Sequence[str] | None = None,
     keys: Sequence[str] | None = None,
     drains: Sequence[str] = (),
+    done: set[str] | None = None,
+    published: bool = False,
+    forget: Sequence[str] = (),
 ) -> int:
     """Invalidate the events' tags and keys (or the given remainder) in one atomic call.
 
     Events whose id was already applied within ``DEDUP_WINDOW`` are skipped and counted as
-    ``duplicates``; ids are marked applied only after success. Returns the number of entries
-    deleted; raises whatever the cache raised (``PartialInvalidation`` says what is left), so
-    the caller decides between retrying and dead-lettering.
+    ``duplicates``; ids are marked applied only after success. ``done`` is the set of ids the
+    caller already knows were applied (``set()`` for a batch made in this process: nothing to
+    look up). With ``published``, the events also count as published (``sync``: applied where
+    they were made). ``forget`` names cache keys to delete once applied (a message's delivery
+    counter). On Redis all that bookkeeping rides in the invalidation's script call.
+
+    Returns the number of entries deleted; raises whatever the cache raised
+    (``PartialInvalidation`` says what is left), so the caller decides between retrying and
+    dead-lettering.
     """
-    done = dedup.applied(e.id for e in events)
+    if done is None:
+        done = dedup.applied(e.id for e in events)
     fresh = [e for e in events if e.id not in done]
     skipped = [e for e in events if e.id in done]
-    if done:
+    if skipped:
         logger.info(
             "cache_invalidation: skipped %d event(s) already applied: %s",
-            len(events) - len(fresh),
-            sorted(done),
+            len(skipped),
+            sorted(e.id for e in skipped),
             extra=log_extra(skipped, stage="apply"),
         )
+    book = Bookkeeping(deletes=list(forget))
     if events and not fresh and not drains:
-        metrics.record_applied([], duplicates=skipped)
+        now = time.time()
+        book.counters = metrics.bucket_writes(metrics.applied_fields([], now, skipped), now)
+        TaggedCache().invalidate_many((), (), bookkeeping=book)
         return 0
     if tags is None or keys is None:
-        tags, keys = union(storm.control(fresh))
+        tags, keys = union(storm.control(fresh, book))
+    book.marks = dedup.marks(e.id for e in fresh)
+    now = time.time()
+    book.counters = metrics.bucket_writes(
+        metrics.applied_fields(fresh, now, skipped, published=published), now
+    )
     started = time.monotonic()
-    deleted = TaggedCache().invalidate_many(tags, keys, drains=drains)
+    deleted = TaggedCache().invalidate_many(tags, keys, drains=drains, bookkeeping=book)
     duration = time.monotonic() - started
-    dedup.mark(e.id for e in fresh)
-    metrics.record_applied(fresh, duplicates=skipped)
+    storm.learn(book)
     logger.debug(
         "cache_invalidation: applied %d event(s), %d tag(s), %d key(s), %d entries deleted",
         len(fresh),

@@ -1,8 +1,10 @@
 """Event ids already applied, remembered for ``DEDUP_WINDOW`` seconds in the invalidation cache.
 
-Marked only after the invalidation succeeded (a failure must leave the event to be retried);
-deletes are idempotent, so this saves work on redelivery and replay rather than protecting
-correctness. If the cache cannot be read, every event counts as new.
+Marked only after the invalidation succeeded (a failure must leave the event to be retried):
+on Redis the marks are written by the invalidation's own script call
+(:mod:`.bookkeeping`). Deletes are idempotent, so this saves work on redelivery and replay
+rather than protecting correctness; batches applied where they were made (``sync``) are not
+looked up at all: their ids are new. If the cache cannot be read, every event counts as new.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ def _cache() -> Any:
     return caches[get_config()["CACHE_ALIAS"]]
 
 
+def window() -> int:
+    from .conf import get_config
+
+    return int(get_config()["DEDUP_WINDOW"])
+
+
+def marks(ids: Iterable[str]) -> list[tuple[str, int]]:
+    """The duplicate marks of ``ids`` (for :class:`~.bookkeeping.Bookkeeping`)."""
+    ttl = window()
+    return [(PREFIX + i, ttl) for i in ids]
+
+
 def applied(ids: Iterable[str]) -> set[str]:
     ids = list(ids)
     if not ids:
@@ -34,10 +48,33 @@ def applied(ids: Iterable[str]) -> set[str]:
 
 
 def mark(ids: Iterable[str]) -> None:
-    from .conf import get_config
-
     ids = list(ids)
     if not ids:
         return
     with contextlib.suppress(Exception):  # the next delivery applies again: harmless
-        _cache().set_many({PREFIX + i: 1 for i in ids}, int(get_config()["DEDUP_WINDOW"]))
+        _cache().set_many({PREFIX + i: 1 for i in ids}, window())
+
+
+def lookup(ids: Iterable[str], counter: str) -> tuple[set[str], int]:
+    """The ids already applied, and ``counter`` incremented (created for ``DEDUP_WINDOW``
+    seconds): one pipelined round trip on django-redis. If the cache cannot be reached: no
+    id applied, and a count of 1 (the attempt fails anyway and is retried)."""
+    from .tagging import is_django_redis
+
+    ids = list(ids)
+    try:
+        cache = _cache()
+        if not is_django_redis(cache):
+            cache.add(counter, 0, window())
+            return applied(ids), int(cache.incr(counter))
+        make_key = cache.client.make_key
+        pipe = cache.client.get_client(write=True).pipeline(transaction=False)
+        pipe.set(make_key(counter), 0, ex=window(), nx=True)
+        pipe.incr(make_key(counter))
+        if ids:
+            pipe.mget([make_key(PREFIX + i) for i in ids])
+        replies = pipe.execute()
+    except Exception:
+        return set(), 1
+    found = replies[2] if ids else []
+    return {i for i, raw in zip(ids, found, strict=True) if raw is not None}, int(replies[1])

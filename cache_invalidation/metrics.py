@@ -17,8 +17,9 @@ Layout on django-redis (names through the cache's ``make_key``): one hash per mi
 hours) and one running total ``ci:stats:total`` (kept 7 days after its last write; the
 Prometheus counters come from it). Fields are ``"<model>|<counter>"``, ``"~lag|<bucket
 index>"`` and ``"~lag|sum"`` (milliseconds). Recording a batch is **one pipelined round trip**
-(``HINCRBY`` and ``EXPIRE`` only, no transaction). Reading a snapshot is one pipelined round
-trip of 84 ``HGETALL``.
+(``HINCRBY`` and ``EXPIRE`` only, no transaction), and an applied batch's counts cost none:
+they are written by the invalidation's own script call (:mod:`.bookkeeping`). Reading a
+snapshot is one pipelined round trip of 84 ``HGETALL``.
 
 On any other cache backend the store is best effort: one key per field and bucket, bumped with
 ``cache.add`` + ``cache.incr`` (several calls per batch, not atomic together), read with
@@ -97,15 +98,28 @@ def record_applied(
     in it, in one write. ``now`` (seconds since the epoch) defaults to the current time.
     Never raises."""
     now = time.time() if now is None else now
+    _write(applied_fields(events, now, duplicates), now)
+
+
+def applied_fields(
+    events: Sequence[InvalidationEvent],
+    now: float,
+    duplicates: Sequence[InvalidationEvent] = (),
+    published: bool = False,
+) -> Counter[str]:
+    """The fields :func:`record_applied` adds (and ``published`` too when the batch is applied
+    where it was published: ``sync``)."""
     fields: Counter[str] = Counter()
     for event in events:
         fields[f"{label(event)}|applied"] += 1
+        if published:
+            fields[f"{label(event)}|published"] += 1
         lag_ms = max(0.0, (now - float(event.timestamp)) * 1000.0)
         fields[f"{LAG}|{lag_bucket(lag_ms)}"] += 1
         fields[f"{LAG}|sum"] += round(lag_ms)
     for event in duplicates:
         fields[f"{label(event)}|duplicates"] += 1
-    _write(fields, now)
+    return fields
 
 
 def record_failed(events: Sequence[InvalidationEvent], stage: str) -> None:
@@ -132,37 +146,33 @@ def _record(per_model: Counter[str], name: str) -> None:
     _write(Counter({f"{model}|{name}": n for model, n in per_model.items() if n > 0}))
 
 
+def bucket_writes(fields: Counter[str], now: float) -> list[tuple[str, int, dict[str, int]]]:
+    """``fields`` as increments of the minute, hour and total hashes (for
+    :class:`~cache_invalidation.bookkeeping.Bookkeeping`)."""
+    if not fields:
+        return []
+    counts = dict(fields)
+    return [
+        (f"{PREFIX}min:{int(now // MINUTE)}", TTL_MINUTE, counts),
+        (f"{PREFIX}hour:{int(now // HOUR)}", TTL_HOUR, counts),
+        (f"{PREFIX}total", TTL_TOTAL, counts),
+    ]
+
+
 def _write(fields: Counter[str], now: float | None = None) -> None:
     """Add ``fields`` to the minute, hour and total buckets: one pipeline on django-redis."""
+    from .bookkeeping import Bookkeeping
+
     if not fields:
         return
-    now = time.time() if now is None else now
-    buckets = (
-        (f"{PREFIX}min:{int(now // MINUTE)}", TTL_MINUTE),
-        (f"{PREFIX}hour:{int(now // HOUR)}", TTL_HOUR),
-        (f"{PREFIX}total", TTL_TOTAL),
-    )
     try:
         cache = _cache()
-        redis = _redis(cache)
-        if redis is not None:
-            pipe = redis.pipeline(transaction=False)
-            for name, ttl in buckets:
-                key = cache.client.make_key(name)
-                for field, amount in fields.items():
-                    pipe.hincrby(key, field, amount)
-                pipe.expire(key, ttl)
-            pipe.execute()
-            return
-        for name, ttl in buckets:
-            for field, amount in fields.items():
-                key = f"{name}:{field}"
-                cache.add(key, 0, ttl)
-                cache.incr(key, amount)
     except Exception as exc:  # counting must never break the work it counts
         logger.debug(
             "cache_invalidation: metrics not recorded: %s", exc, extra=log_extra(stage="metrics")
         )
+        return
+    Bookkeeping(counters=bucket_writes(fields, time.time() if now is None else now)).write(cache, "metrics")
 
 
 def _redis(cache: Any) -> Any:

@@ -10,7 +10,10 @@ When applying a batch, an event is *escalated* to the coarse tags of the models 
 
 - it derives more than ``MAX_TAGS_PER_EVENT`` tags (a bulk update of 100,000 rows), or
 - its model published more than ``MODEL_RATE_LIMIT`` events within ``RATE_LIMIT_WINDOW``
-  seconds across all processes (a runaway loop or cascade).
+  seconds across all processes (a runaway loop or cascade). The shared count is kept in the
+  invalidation cache and comes back with each invalidation (no round trip of its own), so a
+  process escalates from its first batch after it learned the model is over; a batch that is
+  over the limit on its own is escalated at once.
 
 Each escalation logs a WARNING and counts in the ``escalated`` counter. Escalating
 over-invalidates (more entries recomputed), never under-invalidates.
@@ -28,6 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import metrics
+from .bookkeeping import Bookkeeping
 from .events import InvalidationEvent
 from .logfields import log_extra
 
@@ -78,6 +82,12 @@ def _value_pattern(model: Any, name: str) -> str:
 
 def reset() -> None:
     _patterns.cache_clear()
+    forget_rates()
+
+
+def forget_rates() -> None:
+    """Forget which models were seen over their rate limit (the limits may have changed)."""
+    _over.clear()
 
 
 def coarse_tags_for(tags: Iterable[str]) -> list[str]:
@@ -90,14 +100,24 @@ def coarse_tags_for(tags: Iterable[str]) -> list[str]:
     return [coarse_tag(label) for label in labels]
 
 
-def control(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
-    """Escalate the events that exceed the tag cap or their model's rate limit."""
+def control(
+    events: list[InvalidationEvent], bookkeeping: Bookkeeping | None = None
+) -> list[InvalidationEvent]:
+    """Escalate the events that exceed the tag cap or their model's rate limit.
+
+    The batch's events are added to their models' counters by ``bookkeeping`` (on Redis, in
+    the invalidation's own script call); call :func:`learn` with it once written. Without
+    ``bookkeeping`` the counters are written here.
+    """
     from .conf import get_config
 
     config = get_config()
     cap = int(config["MAX_TAGS_PER_EVENT"])
     over_rate = _over_rate(
-        events, int(config["MODEL_RATE_LIMIT"]), int(config["RATE_LIMIT_WINDOW"])
+        events,
+        int(config["MODEL_RATE_LIMIT"]),
+        int(config["RATE_LIMIT_WINDOW"]),
+        bookkeeping,
     )
     result = []
     for event in events:
@@ -152,30 +172,53 @@ def _coarse_for_event(event: InvalidationEvent) -> list[str]:
     return tags
 
 
-def _over_rate(events: list[InvalidationEvent], limit: int, window: int) -> set[str]:
-    """Models whose event count in the current window passed ``limit`` (0: no limit)."""
+#: Models this process saw over their limit: label -> the window (slot) it was over in.
+_over: dict[str, int] = {}
+RATE_PREFIX = "ci:rate:"
+
+
+def _over_rate(
+    events: list[InvalidationEvent], limit: int, window: int, bookkeeping: Bookkeeping | None
+) -> set[str]:
+    """Models over ``limit`` events in the current window (0: no limit).
+
+    A model is over when this batch alone exceeds the limit, or when an earlier batch of this
+    process learned (:func:`learn`) that the shared count across all processes did. So the
+    event that crosses the limit is still applied precisely, and the next ones escalate: the
+    count needs no round trip of its own.
+    """
     if limit <= 0:
         return set()
-    from django.core.cache import caches
-
-    from .conf import get_config
-
     counts: Counter[str] = Counter()
     for event in events:
         if event.entity_type:
             counts[event.entity_type] += int(event.metadata.get("rows", 1) or 1)
     if not counts:
         return set()
-    cache = caches[get_config()["CACHE_ALIAS"]]
     slot = int(time.time() // window)
-    over = set()
-    for label, amount in counts.items():
-        key = f"ci:rate:{label}:{slot}"
-        try:
-            cache.add(key, 0, window * 2)
-            total = int(cache.incr(key, amount))
-        except Exception:
-            continue  # no rate information: do not escalate
-        if total > limit:
-            over.add(label)
-    return over
+    book = bookkeeping if bookkeeping is not None else Bookkeeping()
+    book.rates.extend(
+        (f"{RATE_PREFIX}{label}:{slot}", n, window * 2) for label, n in counts.items()
+    )
+    if bookkeeping is None:
+        from django.core.cache import caches
+
+        from .conf import get_config
+
+        book.write(caches[get_config()["CACHE_ALIAS"]])
+        learn(book, limit)
+    return {label for label, n in counts.items() if n > limit or _over.get(label) == slot}
+
+
+def learn(bookkeeping: Bookkeeping, limit: int | None = None) -> None:
+    """Remember the models whose shared count ``bookkeeping`` found over the limit."""
+    if limit is None:
+        from .conf import get_config
+
+        limit = int(get_config()["MODEL_RATE_LIMIT"])
+    if limit <= 0:
+        return
+    for (name, _, _), total in zip(bookkeeping.rates, bookkeeping.totals, strict=False):
+        if total is not None and total > limit and name.startswith(RATE_PREFIX):
+            label, _, slot = name[len(RATE_PREFIX) :].rpartition(":")
+            _over[label] = int(slot)

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 
 from . import recorder
 from .backends import MISSING, Backend
+from .bookkeeping import Bookkeeping
 
 _backends: dict[str, Backend] = {}
 _lock = threading.Lock()
@@ -190,7 +191,8 @@ class TaggedCache:
           return at once the last value stored under this key (kept ``STALE_TTL`` seconds
           longer, even across invalidations) when there is one.
 
-        A hit costs one round trip. An exception from ``default`` propagates; nothing is stored.
+        A hit costs one round trip (a plain ``GET`` on Redis). An exception from ``default``
+        propagates; nothing is stored.
         """
         tag_list = _tags(tags)
         config = _config()
@@ -300,13 +302,19 @@ class TaggedCache:
         return self.backend.invalidate(tag_list, [])
 
     def invalidate_many(
-        self, tags: Sequence[str] = (), keys: Sequence[str] = (), drains: Sequence[str] = ()
+        self,
+        tags: Sequence[str] = (),
+        keys: Sequence[str] = (),
+        drains: Sequence[str] = (),
+        bookkeeping: Bookkeeping | None = None,
     ) -> int:
         """Drop tagged entries and plain keys in one atomic call (what the worker applies).
 
-        ``drains`` finishes the cleanup that a :class:`~.backends.PartialInvalidation` left.
+        ``drains`` finishes the cleanup that a :class:`~.backends.PartialInvalidation` left;
+        ``bookkeeping`` is written once the invalidation succeeded (in the same script call on
+        Redis).
         """
-        return self.backend.invalidate(_tags(tags), list(dict.fromkeys(keys)), drains)
+        return self.backend.invalidate(_tags(tags), list(dict.fromkeys(keys)), drains, bookkeeping)
 
     # async twins: the Django cache API is synchronous underneath; run it off the event loop.
     async def aget(self, key: str, default: Any = None) -> Any:

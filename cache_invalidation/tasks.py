@@ -9,7 +9,6 @@ runs rather than frozen into decorator arguments at import time, so settings sta
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 from typing import Any
@@ -19,6 +18,7 @@ from celery.exceptions import Reject
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import dedup
 from .apply import apply_events, report_failure
 from .backends import PartialInvalidation
 from .conf import get_config
@@ -70,7 +70,7 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
     except InvalidEventError as exc:
         report_failure([], exc, stage="decode", will_retry=False)
         return _dead_letter(self, payload, DeadLetter.Reason.MALFORMED, exc)
-    deliveries = _count_delivery(self.request)
+    done, deliveries = dedup.lookup((e.id for e in events), _delivery_key(self.request))
     if deliveries > int(config["MAX_DELIVERIES"]):
         error = f"delivered {deliveries} times to workers that died before finishing it"
         report_failure(events, RuntimeError(error), stage="apply", will_retry=False)
@@ -86,7 +86,9 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
         extra=log_extra(events, stage="apply", task_id=self.request.id),
     )
     try:
-        deleted = apply_events(events, drains=drains or ())
+        deleted = apply_events(
+            events, drains=drains or (), done=done, forget=[_delivery_key(self.request)]
+        )
     except PartialInvalidation as exc:
         return _retry_or_dead_letter(
             self,
@@ -111,7 +113,6 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
             attempts=attempts,
             drains=drains or (),
         )
-    _forget_delivery(self.request)
     return deleted
 
 
@@ -188,29 +189,6 @@ def _retry_or_dead_letter(
 
 def _delivery_key(request: Any) -> str:
     return f"ci:deliveries:{request.id}:{request.retries}"
-
-
-def _forget_delivery(request: Any) -> None:
-    from django.core.cache import caches
-
-    with contextlib.suppress(Exception):  # it expires with DEDUP_WINDOW anyway
-        caches[get_config()["CACHE_ALIAS"]].delete(_delivery_key(request))
-
-
-def _count_delivery(request: Any) -> int:
-    """How many times this attempt of this message was started (1 on a first delivery).
-
-    Counted in the invalidation cache; if that is unreachable, 1 (the attempt fails anyway
-    and is retried)."""
-    from django.core.cache import caches
-
-    cache = caches[get_config()["CACHE_ALIAS"]]
-    key = _delivery_key(request)
-    try:
-        cache.add(key, 0, int(get_config()["DEDUP_WINDOW"]))
-        return int(cache.incr(key))
-    except Exception:
-        return 1
 
 
 @shared_task(name="cache_invalidation.prune_tag_index", ignore_result=True)

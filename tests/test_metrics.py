@@ -176,16 +176,35 @@ def test_recording_a_batch_is_one_pipelined_round_trip(private_cache, monkeypatc
     assert {n for n, c in called.items() if c} == {"hincrby", "expire", "info"}
 
 
-def test_a_committed_save_writes_the_metrics_once_per_stage(private_cache, product):
+def test_a_committed_sync_save_is_one_round_trip_metrics_included(
+    private_cache, product, monkeypatch
+):
     product.save()  # warm up: connections, scripts
     _, before = _stats(private_cache)
+    round_trips = []
+    original_pipeline, original_command = Pipeline.execute, Redis.execute_command
+
+    def counted_pipeline(self, *args, **kwargs):
+        round_trips.append("pipeline")
+        return original_pipeline(self, *args, **kwargs)
+
+    def counted_command(self, *args, **kwargs):
+        round_trips.append(str(args[0]))
+        return original_command(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", counted_pipeline)
+    monkeypatch.setattr(Redis, "execute_command", counted_command)
     product.price = Decimal("3.00")
     product.save()
+    monkeypatch.undo()
     _, after = _stats(private_cache)
+    # The invalidation script also counted the batch, marked its ids and its model's rate.
+    assert round_trips == ["EVALSHA"]
     called = {n: after.get(n, 0) - before.get(n, 0) for n in after}
-    # published (1 model) and applied (1 model + lag bucket + lag sum), 3 hashes each.
-    assert called["hincrby"] == (1 + 3) * 3
-    assert called["expire"] == 2 * 3
+    # published and applied (1 model) + lag bucket + lag sum, in the 3 hashes, in the script.
+    assert called["hincrby"] == 4 * 3
+    assert called["expire"] == 3
+    assert called["incrby"] == 1  # the model's rate count
     assert counts("shop.Product") == {**ZERO, "published": 2, "applied": 2}
 
 

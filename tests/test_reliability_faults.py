@@ -30,7 +30,15 @@ import redis
 from celery import Celery
 from django.db import connection, connections
 
-from cache_invalidation import TaggedCache, deadletter, invalidate, no_invalidation, outbox
+from cache_invalidation import (
+    TaggedCache,
+    dedup,
+    deadletter,
+    invalidate,
+    metrics,
+    no_invalidation,
+    outbox,
+)
 from cache_invalidation.backends import redis as redis_backend
 from cache_invalidation.models import DeadLetter, OutboxEvent
 from testproject.shop.models import Category, Product
@@ -50,7 +58,6 @@ pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 INVALIDATE_SCRIPT = re.escape(hashlib.sha1(redis_backend._INVALIDATE.encode()).hexdigest().encode())
 # The script goes as EVALSHA <sha> once Redis knows it, as EVAL <source> the first time.
 INVALIDATE_CALL = INVALIDATE_SCRIPT + b"|" + re.escape(b"local epoch = KEYS[2 * n + 2]")
-DEDUP_MARK = rb"\$3\r\nSET\r\n\$\d+\r\n[^\r]*:ci:done:"
 DEAD_LETTER_INSERT = rb'INSERT INTO "cache_invalidation_deadletter"'
 
 
@@ -179,8 +186,9 @@ def test_redis_down_before_the_task(celery_faults, private_redis, products, reco
 @row("Redis slower than SOCKET_TIMEOUT during the task",
      "a TCP proxy forwards the invalidation script to Redis, then holds the reply past the "
      "0.5 s socket timeout",
-     "Redis ran the script but the task saw a timeout: it retries and applies again "
-     "(idempotent); entries equal the database; no dead letter")
+     "Redis ran the script (the invalidation and, in the same call, the event's duplicate mark "
+     "and counters) but the task saw a timeout: it retries, finds the event applied and skips "
+     "it as a duplicate; entries equal the database; no dead letter")
 def test_redis_reply_lost_during_the_task(celery_faults, proxy, products, recorder):
     cache = TaggedCache("private")
     warm(cache, products)
@@ -193,33 +201,38 @@ def test_redis_reply_lost_during_the_task(celery_faults, proxy, products, record
     assert cache.get(page_key(products[1].pk)) is None  # Redis did run it
     proxy.up()
     [event] = recorder.events
-    assert wait_for(lambda: event.id in applied_ids(recorder), timeout=30)
+    assert wait_for(lambda: metrics.read()["duplicates"] == 1, timeout=30)  # the retry skipped it
+    assert metrics.read()["applied"] == 1  # counted once, by the script that applied it
     assert_cache_equals_database(cache, products)
-    assert_accounted([event.id], applied_ids(recorder))
+    assert_accounted([event.id], applied_ids(recorder) | dedup.applied([event.id]))
     assert not DeadLetter.objects.exists()
 
 
-@row("Redis dies right after the invalidation (during the task's bookkeeping), then "
+@row("Redis dies right after running the invalidation script, before its reply, then "
      "restarts from its append-only file",
-     "the proxy drops every connection when the task marks the event id done; the "
-     "redis-server is then restarted",
-     "the invalidation stands (it ran in one script); the failed bookkeeping is ignored, the "
-     "task succeeds; after the restart entries equal the database")
+     "the proxy forwards the invalidation script, then drops every connection; the "
+     "redis-server is restarted while the task retries",
+     "the invalidation stands, with the event's duplicate mark written by the same script: the "
+     "retry skips the event as applied; after the restart entries equal the database; no dead "
+     "letter")
 def test_redis_dies_after_the_invalidation(celery_faults, proxy, private_redis, products,
                                            recorder):
+    # Retries fail fast while the proxy is down: leave room for the restart.
+    celery_faults.CACHE_INVALIDATION = {**celery_faults.CACHE_INVALIDATION, "MAX_RETRIES": 40}
     cache = TaggedCache("private")
     warm(cache, products)
-    proxy.on_match(DEDUP_MARK, then="down", forward=False)
+    TaggedCache("proxied").invalidate_tags(["warm-up"])  # Redis knows the script: EVALSHA runs
+    proxy.on_match(INVALIDATE_CALL, then="down", forward=True)
     rename(products[2], "p2 v1")
-    [event] = recorder.events
-    assert wait_for(lambda: event.id in applied_ids(recorder), timeout=20)
-    assert proxy.triggered.is_set()
-    assert not any(f["will_retry"] for f in recorder.failed)
+    assert proxy.triggered.wait(20)
+    assert wait_for(lambda: any(f["will_retry"] for f in recorder.failed), timeout=20)
     private_redis.stop()
     private_redis.start()
     proxy.up()
+    [event] = recorder.events
+    assert wait_for(lambda: metrics.read()["duplicates"] == 1, timeout=30)
     assert_cache_equals_database(cache, products)
-    assert_accounted([event.id], applied_ids(recorder))
+    assert_accounted([event.id], applied_ids(recorder) | dedup.applied([event.id]))
     assert not DeadLetter.objects.exists()
 
 

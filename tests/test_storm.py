@@ -7,7 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from cache_invalidation import invalidate, metrics, no_invalidation, tagged_cache
+from django.db import transaction
+
+from cache_invalidation import invalidate, metrics, no_invalidation, storm, tagged_cache
+from cache_invalidation.events import InvalidationEvent
 from cache_invalidation.storm import coarse_tags_for
 from testproject.shop.models import Category, Product
 
@@ -48,12 +51,49 @@ def test_a_model_over_its_rate_limit_is_escalated(settings, caplog):
     bystander = products[5]
     tagged_cache.set("bystander", "x", tags=[f"product:{bystander.pk}"])
     with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
-        for product in products[:3]:
+        for product in products[:4]:
             product.save()
-        assert tagged_cache.get("bystander") == "x"  # within the limit: precise
-        products[3].save()  # the fourth event in the window
+        # The fourth event crossed the limit: it is applied precisely (the shared count comes
+        # back with its own invalidation), and this process now knows the model is over.
+        assert tagged_cache.get("bystander") == "x"
+        assert not any("MODEL_RATE_LIMIT" in r.getMessage() for r in caplog.records)
+        products[4].save()  # the fifth event in the window
     assert tagged_cache.get("bystander") is None  # escalated: the whole model's entries
     assert any("shop.Product is over MODEL_RATE_LIMIT" in r.getMessage() for r in caplog.records)
+
+
+def test_a_batch_over_the_rate_limit_on_its_own_is_escalated_at_once(settings):
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MODEL_RATE_LIMIT": 3,
+                                   "RATE_LIMIT_WINDOW": 61}  # a count of its own
+    with no_invalidation():
+        category = Category.objects.create(name="c", slug="c")
+        products = [Product.objects.create(name=str(i), price=Decimal(1), category=category)
+                    for i in range(5)]
+    tagged_cache.set("bystander", "x", tags=[f"product:{products[4].pk}"])
+    with transaction.atomic():  # one batch of four events
+        for product in products[:4]:
+            product.save()
+    assert tagged_cache.get("bystander") is None
+
+
+def test_the_rate_count_is_shared_across_processes(settings):
+    """Another process's events count: after them, this process's next batch learns the model
+    is over (from its own invalidation's reply) and the one after escalates."""
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MODEL_RATE_LIMIT": 3,
+                                   "RATE_LIMIT_WINDOW": 62}
+    with no_invalidation():
+        category = Category.objects.create(name="c", slug="c")
+        products = [Product.objects.create(name=str(i), price=Decimal(1), category=category)
+                    for i in range(3)]
+    # Three events of another process, through the shared counter only.
+    storm.control([InvalidationEvent(type="updated", entity_type="shop.Product",
+                                     entity_id=str(i), tags=("x",)) for i in range(3)])
+    storm.forget_rates()  # this process knows nothing of it
+    tagged_cache.set("bystander", "x", tags=[f"product:{products[2].pk}"])
+    products[0].save()  # the fourth event in the window: precise, and learns
+    assert tagged_cache.get("bystander") == "x"
+    products[1].save()
+    assert tagged_cache.get("bystander") is None
 
 
 def test_limits_can_be_turned_off(settings):

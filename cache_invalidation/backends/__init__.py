@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..bookkeeping import Bookkeeping
 
 MISSING: Any = object()
 
@@ -47,7 +50,8 @@ class Backend(Protocol):
     ) -> Lookup:
         """Read ``key``; on a miss, try to take the compute lease when ``lease`` (a token)
         is given, and return the stale copy when ``stale``; on a hit, with ``tags``, also the
-        entry's tags. One round trip on Redis."""
+        entry's tags. On Redis a hit is one ``GET`` (``MGET`` with the tags), a miss adds one
+        script call."""
 
     def store(
         self,
@@ -72,7 +76,12 @@ class Backend(Protocol):
         """Delete one key; True if it existed."""
 
     def invalidate(
-        self, tags: Sequence[str], keys: Sequence[str], drains: Sequence[str] = ()
+        self,
+        tags: Sequence[str],
+        keys: Sequence[str],
+        drains: Sequence[str] = (),
+        bookkeeping: Bookkeeping | None = None,
     ) -> int:
         """Drop every entry tagged with ``tags`` and the plain ``keys``, and finish ``drains``
-        left by an earlier :class:`PartialInvalidation`; raise on failure."""
+        left by an earlier :class:`PartialInvalidation`; raise on failure. ``bookkeeping``
+        is written once the invalidation succeeded (on Redis, in the same script call)."""

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..bookkeeping import Bookkeeping
 from . import MISSING, Lookup
 
 SEQ = "ci:seq"
@@ -157,7 +158,11 @@ class StampBackend:
         return bool(self.cache.delete(key))
 
     def invalidate(
-        self, tags: Sequence[str], keys: Sequence[str], drains: Sequence[str] = ()
+        self,
+        tags: Sequence[str],
+        keys: Sequence[str],
+        drains: Sequence[str] = (),
+        bookkeeping: Bookkeeping | None = None,
     ) -> int:
         if tags:
             seq = self._bump()
@@ -166,4 +171,6 @@ class StampBackend:
                 raise RuntimeError(f"could not write new versions for tags {failed!r}")
         if keys:
             self.cache.delete_many(list(keys))
+        if bookkeeping:
+            bookkeeping.write(self.cache)
         return len(keys)

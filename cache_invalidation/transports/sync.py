@@ -7,10 +7,9 @@ queue for replay; the request still succeeds.
 
 from __future__ import annotations
 
-from .. import signals
+from .. import metrics, recorder, signals
 from ..apply import apply_events, report_failure
 from ..events import InvalidationEvent
-from . import published
 
 
 class SyncTransport:
@@ -18,14 +17,18 @@ class SyncTransport:
 
     def publish(self, events: list[InvalidationEvent]) -> None:
         signals.invalidation_published.send(sender=None, events=events, transport=self.name)
-        published(events, self.name)
+        recorder.published(events, self.name)
         try:
-            apply_events(events)
+            # Made here, so no id can have been applied before; counted as published by the
+            # same script call that applies them.
+            apply_events(events, done=set(), published=True)
         except Exception as exc:
             from .. import deadletter
             from ..backends import PartialInvalidation
             from ..models import DeadLetter
 
+            if not isinstance(exc, PartialInvalidation):  # else the script counted them
+                metrics.record_published(events, self.name)
             report_failure(events, exc, stage="apply", will_retry=False)
             if isinstance(exc, PartialInvalidation):
                 deadletter.record(
