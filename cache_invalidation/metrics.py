@@ -172,7 +172,8 @@ def _write(fields: Counter[str], now: float | None = None) -> None:
             "cache_invalidation: metrics not recorded: %s", exc, extra=log_extra(stage="metrics")
         )
         return
-    Bookkeeping(counters=bucket_writes(fields, time.time() if now is None else now)).write(cache, "metrics")
+    counters = bucket_writes(fields, time.time() if now is None else now)
+    Bookkeeping(counters=counters).write(cache, "metrics")
 
 
 def _redis(cache: Any) -> Any:

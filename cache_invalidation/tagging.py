@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from . import recorder
-from .backends import MISSING, Backend
+from .backends import MISSING, Backend, Lookup
 from .bookkeeping import Bookkeeping
 
 _backends: dict[str, Backend] = {}
@@ -195,23 +195,24 @@ class TaggedCache:
         propagates; nothing is stored.
         """
         tag_list = _tags(tags)
+        from .capture import is_active
+
+        nested = is_active()
+        want_tags = nested or recorder.current() is not None
+        backend = self.backend
+        found = backend.peek(key, want_tags)  # a hit: one GET, nothing else
+        if found.value is not MISSING:
+            return self._hit(key, found, tag_list, nested)
         config = _config()
         token = uuid.uuid4().hex if lease else None
         deadline: float | None = None
         pause = 0.005
-        from .capture import is_active, record
-
-        nested = is_active()
-        want_tags = nested or recorder.current() is not None
         while True:
-            found = self.backend.lookup(
+            found = backend.lookup(
                 key, token, config["LEASE_TIMEOUT"], stale_while_revalidate, want_tags
             )
             if found.value is not MISSING:
-                if nested:  # an enclosing computation depends on everything this entry does
-                    record(found.tags or tag_list)
-                recorder.read(self, key, True, found.tags or tag_list)
-                return found.value
+                return self._hit(key, found, tag_list, nested)
             if found.leased or token is None:
                 held = token if found.leased else None
                 return self._compute(
@@ -242,6 +243,12 @@ class TaggedCache:
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    def _hit(self, key: str, found: Lookup, tags: list[str], nested: bool) -> Any:
+        if nested:  # an enclosing computation depends on everything this entry does
+            record_outer(found.tags or tags)
+        recorder.read(self, key, True, found.tags or tags)
+        return found.value
 
     def _compute(
         self,
@@ -342,24 +349,25 @@ class TaggedCache:
         import inspect
 
         tag_list = _tags(tags)
-        config = _config()
-        token = uuid.uuid4().hex if lease else None
-        lookup = sync_to_async(self.backend.lookup, thread_sensitive=False)
-        deadline: float | None = None
-        pause = 0.005
         from .capture import is_active, record
 
         nested = is_active()
         want_tags = nested or recorder.current() is not None
+        backend = self.backend
+        found = await sync_to_async(backend.peek, thread_sensitive=False)(key, want_tags)
+        if found.value is not MISSING:
+            return self._hit(key, found, tag_list, nested)
+        config = _config()
+        token = uuid.uuid4().hex if lease else None
+        lookup = sync_to_async(backend.lookup, thread_sensitive=False)
+        deadline: float | None = None
+        pause = 0.005
         while True:
             found = await lookup(
                 key, token, config["LEASE_TIMEOUT"], stale_while_revalidate, want_tags
             )
             if found.value is not MISSING:
-                if nested:
-                    record(found.tags or tag_list)
-                recorder.read(self, key, True, found.tags or tag_list)
-                return found.value
+                return self._hit(key, found, tag_list, nested)
             held = token if found.leased else None
             if not (found.leased or token is None):
                 if stale_while_revalidate and found.stale is not MISSING:

@@ -45,13 +45,16 @@ class Backend(Protocol):
     def get(self, key: str) -> Any:
         """The stored value, or :data:`MISSING`."""
 
+    def peek(self, key: str, tags: bool = False) -> Lookup:
+        """Read ``key`` only (a hit's fast path): the value or :data:`MISSING`, and with
+        ``tags`` the entry's tags. One ``GET`` (``MGET`` with the tags) on Redis."""
+
     def lookup(
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
         """Read ``key``; on a miss, try to take the compute lease when ``lease`` (a token)
         is given, and return the stale copy when ``stale``; on a hit, with ``tags``, also the
-        entry's tags. On Redis a hit is one ``GET`` (``MGET`` with the tags), a miss adds one
-        script call."""
+        entry's tags. One script call on Redis."""
 
     def store(
         self,

@@ -243,6 +243,24 @@ class RedisTagBackend:
                 return MISSING
             raise
 
+    def peek(self, key: str, tags: bool = False) -> Lookup:
+        # A hit needs neither the sequence nor the lease: a plain GET (MGET with the tag list)
+        # answers it as fast as django-redis' own get.
+        value_key = self.client_wrapper.make_key(key)
+        try:
+            client = self._redis()
+            if tags:
+                value, tag_list = client.mget(value_key, self._key("ci:tl:" + key))
+            else:
+                value, tag_list = client.get(value_key), None
+        except RedisError as exc:
+            if self._tolerate(exc, "get"):
+                return Lookup(MISSING, 0)
+            raise
+        if value is None:
+            return Lookup(MISSING, 0)
+        return Lookup(self._decode(value), 0, tags=_tag_list(tag_list))
+
     def lookup(
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
@@ -263,15 +281,6 @@ class RedisTagBackend:
             self._index_ttl_ms() * 4,
         ]
         try:
-            # A hit needs neither the sequence nor the lease: a plain GET (MGET with the tag
-            # list) answers it as fast as django-redis' own get. Only a miss runs the script.
-            client = self._redis()
-            if tags:
-                value, tag_list = client.mget(keys[0], keys[4])
-            else:
-                value, tag_list = client.get(keys[0]), None
-            if value is not None:
-                return Lookup(self._decode(value), 0, tags=_tag_list(tag_list))
             value, since, leased, stale_raw, tag_list = self._run(_LOOKUP, keys, args)
         except RedisError as exc:
             if self._tolerate(exc, "get"):

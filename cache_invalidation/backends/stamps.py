@@ -100,6 +100,12 @@ class StampBackend:
             seq = self.cache.get(SEQ)
         return int(seq or 0)
 
+    def peek(self, key: str, tags: bool = False) -> Lookup:
+        raw = self.cache.get(key)
+        value = self._unwrap(raw)
+        found = list(raw.versions) if tags and isinstance(raw, Stamped) else []
+        return Lookup(value, 0, tags=found if value is not MISSING else [])
+
     def lookup(
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
