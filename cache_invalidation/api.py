@@ -13,6 +13,7 @@ from django.db import DEFAULT_DB_ALIAS
 
 from .batching import emit
 from .events import InvalidationEvent, text_problem
+from .keypatterns import INTERNAL_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,13 @@ def invalidate(
         problem = text_problem(item)
         if problem:  # no worker, outbox or dead-letter row could carry it
             raise ValueError(f"invalidate(): the tag or key {item!r} {problem}")
+    for key in key_list:
+        if key.startswith(INTERNAL_PREFIX):
+            raise ValueError(
+                f"invalidate(): the key {key!r} is in the app's own namespace "
+                f"({INTERNAL_PREFIX}...: tag index, versions, sequence, leases, counters); "
+                "it is never deleted as a plain key. Invalidate the tag instead."
+            )
     if not tag_list and not key_list:
         raise ValueError("invalidate() needs at least one tag or key")
     event = InvalidationEvent(

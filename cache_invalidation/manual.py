@@ -24,9 +24,13 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils.translation import gettext_lazy as _
 
-from .keypatterns import KeyPattern, PatternError, Preview, bind
+from .keypatterns import INTERNAL_PREFIX, KeyPattern, PatternError, Preview, bind
 
 # Messages: tests assert on them; formatted with %-style mappings (translatable).
+INTERNAL_KEY = _(
+    "The key %(key)r is in the app's own namespace (%(prefix)s...: tag index, versions, "
+    "sequence, leases, counters) and is never deleted as a plain key; invalidate a tag instead."
+)
 NOTHING = _("Say what to invalidate: tags, keys, a model and primary key, or a key pattern.")
 UNKNOWN_MODEL = _("%(model)r is not a model that declares cache_invalidation.%(hint)s")
 NEED_PK = _("Give the primary key of the %(model)s row.")
@@ -143,6 +147,9 @@ def plan(
         bound = bind(pattern) if pattern else None
     except PatternError as exc:
         raise ManualError(str(exc), "pattern") from exc
+    for key in key_list:
+        if key.startswith(INTERNAL_PREFIX):
+            raise ManualError(INTERNAL_KEY % {"key": key, "prefix": INTERNAL_PREFIX}, "keys")
     if not (tag_list or key_list or bound):
         raise ManualError(NOTHING)
     return Plan(tag_list, key_list, model, pk_text, bound)

@@ -171,7 +171,8 @@ def test_a_row_resolves_to_what_its_save_would_invalidate(product):
     tags, keys = manual.resolve_row("shop.Product", str(product.pk))
     c, p = product.category_id, product.pk
     assert set(tags) == {f"product:{p}", f"category:{c}:products", f"pricing:{c}",
-                         f"product:{p}:tags", f"shop.Product:{p}", "shop.Product:*"}
+                         f"product:{p}:tags", f"shop.Product:{p}", "shop.Product:*",
+                         f"shop.Product:category_id={c}"}
     assert keys == [f"product:{p}:detail"]
 
 
@@ -228,7 +229,7 @@ def test_published_when_the_transport_takes_it_over(settings):
 def test_model_and_pk_dry_run_tells_the_truth(product):
     cache.set(f"product:{product.pk}:detail", "old")
     code, out, _ = run("--model", "shop.Product", "--pk", str(product.pk), "--dry-run")
-    assert (code, out.strip()) == (0, Command.WOULD.format(tags=6, keys=1, matches=""))
+    assert (code, out.strip()) == (0, Command.WOULD.format(tags=7, keys=1, matches=""))
     assert cache.get(f"product:{product.pk}:detail") == "old"
     row = ManualInvalidation.objects.get()
     assert (row.status, row.dry_run, row.model_label, row.object_pk) == (
@@ -334,3 +335,31 @@ def test_cache_down_while_counting_exits_1(cache_down):
     assert code == 1
     assert error.startswith("Could not count the keys matching 'report:*': ConnectionError")
     assert ManualInvalidation.objects.get().status == "failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_apps_own_keys_cannot_be_invalidated_as_plain_keys(settings):
+    """ci:... holds the tag index, versions, the sequence, leases and counters: deleting one as a
+    plain key would at best force recomputations and at worst lose a count. Refused, loudly."""
+    from cache_invalidation import invalidate
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync"}
+    tagged_cache.invalidate_tags(["warm"])  # the sequence exists
+    before = cache.client.get_client().get(cache.make_key("ci:seq"))
+    with pytest.raises(ValueError) as raised:
+        invalidate(keys=["page", "ci:seq"])
+    assert str(raised.value) == (
+        "invalidate(): the key 'ci:seq' is in the app's own namespace (ci:...: tag index, "
+        "versions, sequence, leases, counters); it is never deleted as a plain key. "
+        "Invalidate the tag instead."
+    )
+    with pytest.raises(manual.ManualError) as refused:
+        manual.plan(keys="page\nci:t:product:1")
+    assert refused.value.field == "keys"
+    assert str(refused.value) == (
+        "The key 'ci:t:product:1' is in the app's own namespace (ci:...: tag index, versions, "
+        "sequence, leases, counters) and is never deleted as a plain key; invalidate a tag "
+        "instead."
+    )
+    assert cache.client.get_client().get(cache.make_key("ci:seq")) == before
+    invalidate(tags=["ci:seq"])  # a tag of that name is only a tag: allowed
