@@ -7,8 +7,8 @@ markers and publishes, as one batch, exactly the events whose markers ran. Outsi
 (autocommit) an event is published at once: the write has already committed.
 
 Keeping the flusher last is the one place that touches ``connection.run_on_commit`` (a list of
-``(savepoint ids, callable, robust)`` entries since Django 4.2): it moves our own entry to the
-end and never changes or removes any other.
+``(savepoint ids, callable, robust)`` entries since Django 4.2): it copies our own entry to the
+end and leaves an inert entry in its old place, so no other entry changes or moves.
 """
 
 from __future__ import annotations
@@ -168,11 +168,22 @@ class _Marker:
 
 
 def _keep_last(hooks: list[Any], flusher: Callable[[], None]) -> bool:
-    """Move ``flusher``'s entry to the end of ``hooks``; False if it is not there."""
+    """Keep ``flusher``'s entry at the end of ``hooks``; False if it is not there.
+
+    The entry is copied to the end (same savepoint ids, so it lives as long as the original)
+    and its old place is taken by an inert entry rather than removed: every other entry keeps
+    its index. That matters to code that slices the list, like ``TestCase``'s
+    ``captureOnCommitCallbacks()``: it runs the entries added after it started, and a marker
+    must not slide below that point because our flusher moved from before it."""
     for position in range(len(hooks) - 1, -1, -1):
         entry = hooks[position]
         if entry[1] == flusher:
             if position != len(hooks) - 1:
-                hooks.append(hooks.pop(position))
+                hooks.append(entry)
+                hooks[position] = (entry[0], _moved, *entry[2:])
             return True
     return False
+
+
+def _moved() -> None:
+    """Where a batch's flusher was before it moved to the end of the commit hooks."""
