@@ -45,7 +45,7 @@ class CacheInvalidationConfig(AppConfig):
 
 def connect(policies: dict[Any, Any]) -> None:
     """Connect the receivers for every model with a policy (idempotent)."""
-    from . import queryset, receivers
+    from . import outbox, queryset, receivers
 
     through_models = set()
     for model in policies:
@@ -67,6 +67,7 @@ def connect(policies: dict[Any, Any]) -> None:
             receivers.on_post_delete, sender=model, dispatch_uid=f"ci.post_delete.{label}"
         )
         receivers.wrap_refresh_from_db(model)
+        outbox.wrap_save_base(model)
         meta = model._meta
         for field in meta.many_to_many:
             through_models.add(receivers.register_m2m(field))

@@ -51,10 +51,8 @@ class Batch:
                 after_commit()
         if self.outbox:
             from . import outbox
-            from .transports import published
 
-            published([event for event, _ in done], "outbox")  # committed: on its way
-            outbox.deliver_after_commit(self.id, self.alias)
+            outbox.committed([event for event, _ in done], self.id, self.alias)
         else:
             publish_now([event for event, _ in done])
 
@@ -125,12 +123,10 @@ def emit(
             after_commit()
         if use_outbox:
             from . import outbox
-            from .transports import published
 
             batch_id = uuid.uuid4()
             outbox.write(event, batch_id, using)
-            published([event], "outbox")
-            outbox.deliver_after_commit(batch_id, using)
+            outbox.committed([event], batch_id, using)
         else:
             publish_now([event])
         return

@@ -170,3 +170,48 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+# -- the browser tests (tests/test_browser.py, tests/browser_support.py) ----------------------
+CHROMIUM_PROBLEM = pytest.StashKey["str | None"]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """TEST_NO_BROWSER=1 (what ``runtests.py --no-browser`` and its PostgreSQL pass set)
+    deselects the tests marked ``browser``."""
+    from tests import browser_support
+
+    if not browser_support.opted_out():
+        return
+    browser = [item for item in items if item.get_closest_marker("browser")]
+    if browser:
+        config.hook.pytest_deselected(items=browser)
+        items[:] = [item for item in items if not item.get_closest_marker("browser")]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a browser test is selected, make sure Chromium is there: install it (as root,
+    with apt-get) before any test starts, outside every test's timeout."""
+    if not any(item.get_closest_marker("browser") for item in session.items):
+        return
+    from tests import browser_support
+
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            problem = browser_support.ensure_chromium()
+    else:
+        problem = browser_support.ensure_chromium()
+    session.config.stash[CHROMIUM_PROBLEM] = problem
+
+
+@pytest.fixture(scope="session")
+def chromium(pytestconfig: pytest.Config) -> str:
+    """The Chromium binary for Playwright, or a loud failure saying how to get it."""
+    from tests import browser_support
+
+    problem = pytestconfig.stash.get(CHROMIUM_PROBLEM, None) or browser_support.chromium_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return browser_support.CHROMIUM

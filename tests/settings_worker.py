@@ -9,7 +9,7 @@ own and another test's unacknowledged messages are never restored by these worke
 
 import os
 
-from tests.settings_process import *
+from tests.settings_process import *  # noqa: F403
 
 CACHE_INVALIDATION = {
     "TRANSPORT": "celery",

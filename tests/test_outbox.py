@@ -62,11 +62,51 @@ def test_rows_are_written_in_the_transaction_and_relayed_after(outbox_settings, 
     assert not OutboxEvent.objects.exists()
 
 
+@pytest.fixture
+def outbox_refused():
+    """The database refuses outbox rows (a trigger): the write of an event fails for real."""
+    from django.db import connection
+
+    table = OutboxEvent._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION ci_refuse() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'outbox refused'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(f"CREATE TRIGGER ci_refuse BEFORE INSERT ON {table} "
+                           "FOR EACH ROW EXECUTE FUNCTION ci_refuse()")
+        else:
+            cursor.execute(f"CREATE TRIGGER ci_refuse BEFORE INSERT ON {table} "
+                           "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END")
+    yield
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"DROP TRIGGER ci_refuse ON {table}")
+            cursor.execute("DROP FUNCTION ci_refuse()")
+        else:
+            cursor.execute("DROP TRIGGER ci_refuse")
+
+
+def test_an_autocommit_save_commits_with_its_outbox_row_or_not_at_all(
+    outbox_settings, product, outbox_refused
+):
+    """Without a transaction, Django commits a save's UPDATE before post_save: the outbox row
+    would follow in a second transaction, and a failure (or a crash) between the two would
+    lose the event. The app makes the save one transaction when the outbox is on."""
+    from django.db import DatabaseError
+
+    with pytest.raises(DatabaseError, match="outbox refused"):
+        product.name = "Arc 2"
+        product.save()
+    assert Product.objects.get(pk=product.pk).name == "Arc"  # the change went with the row
+    assert not OutboxEvent.objects.exists()
+
+
 def test_rollback_and_savepoint_rollback_leave_no_rows(outbox_settings, product):
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            product.save()
-            raise RuntimeError
+    with pytest.raises(RuntimeError), transaction.atomic():
+        product.save()
+        raise RuntimeError
     assert not OutboxEvent.objects.exists()
     with transaction.atomic():
         try:

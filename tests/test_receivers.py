@@ -119,11 +119,10 @@ def test_m2m_add_remove_clear_from_both_sides(shop, recorder):
 def test_rollback_emits_nothing(shop, recorder):
     _, _, product = shop
     tagged_cache.set("page", "cached", tags=[f"product:{product.pk}"])
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            product.name = "never"
-            product.save()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        product.name = "never"
+        product.save()
+        raise RuntimeError("boom")
     assert recorder.published == []
     assert tagged_cache.get("page") == "cached"
 
@@ -177,11 +176,10 @@ def test_one_transaction_publishes_one_deduplicated_batch(shop, recorder):
 def test_state_moves_forward_only_on_commit(shop, recorder):
     c3, c4, product = shop
     product = Product.objects.get(pk=product.pk)
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            product.category = c4
-            product.save()
-            raise RuntimeError
+    with pytest.raises(RuntimeError), transaction.atomic():
+        product.category = c4
+        product.save()
+        raise RuntimeError
     # The row is still in category 3; moving to 4 again must invalidate category 3 as well.
     product.save()
     assert f"category:{c3.pk}:products" in recorder.tags
@@ -295,10 +293,9 @@ def test_events_follow_the_commit_of_the_database_written(recorder):
         assert recorder.published == []  # "default" committed, but the write was on "other"
     assert {f"book:{book.pk}", "shelf:9"} <= recorder.tags
     recorder.published.clear()
-    with pytest.raises(RuntimeError):
-        with transaction.atomic(using="other"):
-            Book.objects.using("other").filter(pk=book.pk).get().delete()
-            raise RuntimeError
+    with pytest.raises(RuntimeError), transaction.atomic(using="other"):
+        Book.objects.using("other").filter(pk=book.pk).get().delete()
+        raise RuntimeError
     assert recorder.published == []
 
 

@@ -11,9 +11,8 @@ import uuid
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-from .. import outbox, signals
+from .. import outbox
 from ..events import InvalidationEvent
-from . import published
 
 
 class OutboxTransport:
@@ -24,6 +23,4 @@ class OutboxTransport:
         with transaction.atomic(using=DEFAULT_DB_ALIAS):
             for event in events:
                 outbox.write(event, batch, DEFAULT_DB_ALIAS)
-        published(events, self.name)
-        signals.invalidation_published.send(sender=None, events=events, transport=self.name)
-        outbox.deliver_after_commit(batch, DEFAULT_DB_ALIAS)
+        outbox.committed(events, batch, DEFAULT_DB_ALIAS)
