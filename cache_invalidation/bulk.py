@@ -46,7 +46,7 @@ from .batching import emit
 from .events import InvalidationEvent
 from .registry import Policy, registry
 from .related import related_invalidations
-from .resolve import changed_fields, resolve
+from .resolve import changed_fields, foreign_keys, resolve, unknown_foreign_key_tag
 from .rowstates import CHUNK, State
 from .suspend import suspended
 
@@ -198,6 +198,9 @@ class BulkQuerySetMixin:
                 for old in old_rows.values():
                     gathering.add(old, None, None)
                 gathering.add(None, None, None, rows=0)
+                # Foreign keys written with the key: their new values are not read either.
+                unknown = {label for label, f in foreign_keys(self.model) if f.attname in written}
+                gathering.merge(sorted(map(unknown_foreign_key_tag, unknown)), (), rows=0)
             else:
                 if written.isdisjoint(fields):
                     new_rows = old_rows  # no watched field written: the same state

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.db import models
@@ -50,7 +50,10 @@ class Policy:
     """What to invalidate when a row of ``model`` changes.
 
     ``tracked`` holds the attribute names whose loaded values are kept on each instance, so the
-    old state's tags are known without a query; ``names`` maps them to field names.
+    old state's tags are known without a query; ``names`` maps them to field names. It includes
+    every concrete foreign key of the model (for the automatic tags of :mod:`.resolve`);
+    ``auto_tracked`` lists those the declaration itself does not watch, which never count as
+    changed fields.
     """
 
     model: type[models.Model]
@@ -60,6 +63,7 @@ class Policy:
     tracked: tuple[str, ...]
     names: Mapping[str, str] = field(default_factory=dict)  # attname -> field name
     related: tuple[Relation, ...] = ()
+    auto_tracked: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -126,7 +130,7 @@ def build(model_list: Iterable[type[models.Model]]) -> Registry:
             if inherited is not None and not ancestor_broken:
                 merged.append(inherited)
         if merged:
-            result.policies[model] = _merge(model, merged)
+            result.policies[model] = _track_foreign_keys(_merge(model, merged))
     result.problems.extend(_relation_problems(result.policies))
     return result
 
@@ -220,6 +224,26 @@ def _merge(model: type[models.Model], policies: list[Policy]) -> Policy:
         related=tuple(dict.fromkeys(r for p in policies for r in p.related)),
         tracked=tuple(dict.fromkeys(a for p in policies for a in p.tracked)),
         names=names,
+    )
+
+
+def _track_foreign_keys(policy: Policy) -> Policy:
+    """``policy`` also remembering every concrete foreign key of its model (own and inherited):
+    the automatic foreign-key tags are rendered from the old and new states (see :mod:`.resolve`).
+    """
+    fields = [
+        f
+        for f in policy.model._meta.concrete_fields
+        if f.is_relation and (f.many_to_one or f.one_to_one)
+    ]
+    extra = tuple(f.attname for f in fields if f.attname not in policy.tracked)
+    if not extra:
+        return policy
+    return replace(
+        policy,
+        tracked=(*policy.tracked, *extra),
+        names={**policy.names, **{f.attname: f.name for f in fields if f.attname in extra}},
+        auto_tracked=extra,
     )
 
 

@@ -7,16 +7,22 @@ both categories.
 
 Besides the declared tags, every change yields the *automatic* tags that
 :mod:`cache_invalidation.capture` puts on values computed while capturing: ``"<label>:<pk>"``
-for the row (``"shop.Product:7"``) and ``"<label>:*"``, the collection tag of every queryset
-that read the model. Labels are those of the concrete model and its concrete parents, so a
-proxy or a multi-table child shares its parent's tags.
+for the row (``"shop.Product:7"``), ``"<label>:*"``, the collection tag of every queryset
+that read the model, and, for each concrete foreign key of the model, the *foreign-key tag*
+``"<label>:<attname>=<value>"`` (``"shop.Review:product_id=5"``) of the old and the new value,
+the tag of querysets filtered on that key. Labels are those of the concrete model and its
+concrete parents, so a proxy or a multi-table child shares its parent's tags (a foreign key
+is tagged under the label of the model whose table holds it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from functools import cache
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from .registry import Policy
@@ -34,6 +40,66 @@ def instance_tag(label: str, pk: Any) -> str:
 
 def collection_tag(label: str) -> str:
     return f"{label}:*"
+
+
+def foreign_key_tag(label: str, attname: str, text: str) -> str:
+    return f"{label}:{attname}={text}"
+
+
+@cache
+def foreign_keys(model: type[models.Model]) -> tuple[tuple[str, models.Field], ...]:
+    """(label, field) of every concrete foreign key (and one-to-one) the rows of ``model`` have,
+    under the label of the model whose own table holds it (see :func:`auto_labels`)."""
+    concrete = model._meta.concrete_model or model
+    return tuple(
+        (owner._meta.label, f)
+        for owner in (concrete, *concrete._meta.get_parent_list())
+        for f in owner._meta.local_concrete_fields
+        if f.is_relation and (f.many_to_one or f.one_to_one)
+    )
+
+
+def key_text(field: models.Field, value: Any) -> str | None:
+    """A foreign key's value as its tags spell it, the same for a stored value, a value from an
+    instance and a filter's prepared value (``5``, ``"5"``; a UUID object or its text).
+
+    None for None (a filter on None is ``IS NULL``, no equality) and for expressions.
+    """
+    if value is None or hasattr(value, "resolve_expression"):
+        return None
+    target: Any = field.target_field  # type: ignore[attr-defined]
+    # A value the field refuses is one the database refuses too (or compares as given).
+    with suppress(ValidationError, TypeError, ValueError):
+        value = target.to_python(value)
+    return None if value is None else str(value)
+
+
+def foreign_key_tags(model: type[models.Model], state: Mapping[str, Any]) -> list[str]:
+    """The foreign-key tags of one state of a row of ``model``.
+
+    A foreign key whose value the state does not hold (or holds as an expression) cannot be
+    named: the model's coarse tag (see :mod:`.storm`), which every entry carrying one of the
+    model's automatic tags also carries, is invalidated instead.
+    """
+    tags: list[str] = []
+    for label, f in foreign_keys(model):
+        attname = f.attname
+        value = state.get(attname)
+        if value is None and attname in state:
+            continue  # no row matches an equality on NULL
+        text = key_text(f, value)
+        if text is None:
+            tags.append(unknown_foreign_key_tag(label))
+        else:
+            tags.append(foreign_key_tag(label, attname, text))
+    return tags
+
+
+def unknown_foreign_key_tag(label: str) -> str:
+    """What to invalidate when a foreign key's value under ``label`` is not known."""
+    from .storm import coarse_tag
+
+    return coarse_tag(label)
 
 
 def automatic_tags(model: type[models.Model], pks: Iterable[Any]) -> list[str]:
@@ -77,21 +143,26 @@ def resolve(
         for values in states:
             keys[template.render(values)] = None
     # Captured querysets of this model may include, exclude or order this row differently now:
-    # any write reaches their collection tag; entries that loaded the row by key carry its own.
+    # any write reaches their collection tag; entries that loaded the row by key carry its own;
+    # querysets filtered on a foreign key value the row had or has carry that value's tag.
     if automatic:
         pks = dict.fromkeys(values.get("pk") for values in states)
         tags.update(dict.fromkeys(automatic_tags(policy.model, pks)))
+        for values in states:
+            tags.update(dict.fromkeys(foreign_key_tags(policy.model, values)))
     return tuple(tags), tuple(keys)
 
 
 def changed_fields(
     policy: Policy, old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> tuple[str, ...]:
-    """Names of the watched fields whose values differ between the two states."""
+    """Names of the watched fields whose values differ between the two states (foreign keys
+    remembered only for the automatic tags do not count)."""
     return tuple(
         policy.names.get(attname, attname)
         for attname in policy.tracked
-        if old.get(attname, _UNSET) != new.get(attname, _UNSET)
+        if attname not in policy.auto_tracked
+        and old.get(attname, _UNSET) != new.get(attname, _UNSET)
     )
 
 
