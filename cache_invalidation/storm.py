@@ -148,6 +148,7 @@ def _coarse_for_event(event: InvalidationEvent) -> list[str]:
     from django.apps import apps
 
     from .registry import registry
+    from .resolve import auto_labels
 
     labels: dict[str, None] = {}
     if event.entity_type:
@@ -158,10 +159,11 @@ def _coarse_for_event(event: InvalidationEvent) -> list[str]:
         pending = [model] if model is not None else []
         while pending:
             current = pending.pop()
-            label = (current._meta.concrete_model or current)._meta.label
-            if label in labels:
+            # A multi-table child's rows are its parents' rows too: their coarse tags as well.
+            own = auto_labels(current)
+            if own[0] in labels:
                 continue
-            labels[label] = None
+            labels.update(dict.fromkeys(own))
             policy = registry.get(current)
             if policy is not None:
                 pending.extend(r.target for r in policy.related)

@@ -39,6 +39,9 @@ def _clean_caches(redis_client: redis.Redis) -> Iterator[None]:
     for start in range(0, len(keys), 500):
         redis_client.delete(*keys[start : start + 500])
     caches["locmem"].clear()
+    from cache_invalidation import storm
+
+    storm.forget_rates()  # what this process learned of the rate counts just deleted
 
 
 class Recorder:

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 import redis
-from redis.client import Pipeline, Redis
 from django.db import transaction
+from redis.client import Pipeline, Redis
 
 from cache_invalidation import InvalidationEvent, invalidate, metrics, no_invalidation
 from cache_invalidation.apply import apply_events

@@ -32,8 +32,8 @@ from django.db import connection, connections
 
 from cache_invalidation import (
     TaggedCache,
-    dedup,
     deadletter,
+    dedup,
     invalidate,
     metrics,
     no_invalidation,

@@ -6,7 +6,6 @@ import logging
 from decimal import Decimal
 
 import pytest
-
 from django.db import transaction
 
 from cache_invalidation import invalidate, metrics, no_invalidation, storm, tagged_cache
@@ -102,3 +101,19 @@ def test_limits_can_be_turned_off(settings):
     for i in range(5):
         invalidate(tags=[f"product:{i}"])
     assert tagged_cache.get("bystander") == "x"
+
+
+def test_an_escalated_child_event_reaches_its_parents_entries(settings):
+    """A multi-table child's row is a parent row too: escalating the child's event must drop
+    what the parent's tags and querysets cached, through the parent's coarse tag."""
+    from tests.testapp.models import Book, Ebook
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 1}
+    with no_invalidation():
+        ebook = Ebook.objects.create(title="T", shelf=4)
+    # Only what capture saw: the parent's queryset ("testapp.Book:*").
+    tagged_cache.get_or_set("shelf-page", lambda: list(Book.objects.filter(shelf=4)))
+    assert tagged_cache.get("shelf-page") is not None
+    ebook.title = "T2"
+    ebook.save()  # more tags than the cap: escalated
+    assert tagged_cache.get("shelf-page") is None
