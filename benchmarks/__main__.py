@@ -4,6 +4,7 @@
 - ``run --contender X [--workload Y] [--scale quick|full] --json``: one contender.
 - ``seed --scale quick|full --db bench_...``: fill a template database.
 - ``bigtag [--members N]``: how long Redis is blocked invalidating one huge tag.
+- ``relay [--interval S] [--limit N]``: the ``ours_outbox`` relay (started by ``run``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "run": "benchmarks.run",
     "seed": "benchmarks.seed",
     "bigtag": "benchmarks.bigtag",
+    "relay": "benchmarks.outbox_relay",
 }
 
 

@@ -6,8 +6,9 @@
   from several querysets; ``QuerySet.update()`` as written (cacheops documents that it does not
   invalidate) and, as a second variant, its ``invalidated_update()``.
 - ``cachalot``: nothing to write: every ORM query of the shop's tables is cached.
-- ``ours_sync`` / ``ours_celery``: ``tagged_cache.get_or_set(key, compute, tags=["product:<pk>"])``
-  with the models' Meta declarations; capture on (the default), and in the ``*_nocapture``
+- ``ours_sync`` / ``ours_celery`` / ``ours_outbox``:
+  ``tagged_cache.get_or_set(key, compute, tags=["product:<pk>"])`` with the models' Meta
+  declarations; capture on (the default), and in the ``*_nocapture``
   workloads off (the declared tags alone).
 
 Only the selected contender's library is imported, in its own process.
@@ -29,7 +30,7 @@ def product_page(pk: int) -> dict[str, Any]:
 
     return page(pk)
 
-NAMES = ("nocache", "ttl", "cacheops", "cachalot", "ours_sync", "ours_celery")
+NAMES = ("nocache", "ttl", "cacheops", "cachalot", "ours_sync", "ours_celery", "ours_outbox")
 
 #: Fan-out entries outlive their fill (100,000 entries take about a minute to store); the
 #: page itself is cached for ``settings.TTL`` everywhere. cachalot has one global timeout.
@@ -219,6 +220,6 @@ def get(name: str) -> Contender:
         return Cacheops()
     if name == "cachalot":
         return Cachalot()
-    if name in ("ours_sync", "ours_celery"):
+    if name in ("ours_sync", "ours_celery", "ours_outbox"):
         return Ours(name)
     raise ValueError(f"unknown contender {name!r}; choose one of {', '.join(NAMES)}")

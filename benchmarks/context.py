@@ -1,4 +1,5 @@
-"""What a workload is handed: the contender, the scale, Redis, the writes ledger, the worker."""
+"""What a workload is handed: the contender, the scale, Redis, the writes ledger, the worker
+(the Celery worker of ``ours_celery``, the outbox relay of ``ours_outbox``)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,15 @@ class Context:
         self.bookkeeping = redis.Redis.from_url(settings.BOOKKEEPING_URL)
         self.ours = contender.name.startswith("ours")
         self.celery = contender.name == "ours_celery"
-        self.writes = Writes(self.ours)
+        self.outbox = contender.name == "ours_outbox"
+        #: Invalidations are applied by another process, which reports them (bookkeeping).
+        self.worker = self.celery or self.outbox
+        self.writes = Writes(self.ours, recorded=self.outbox)
+        #: CPU seconds (user + system) and wall seconds of every worker or relay process
+        #: stopped so far.
+        self.worker_cpu = 0.0
+        self.worker_wall = 0.0
+        self._worker_started = 0.0
         self.env = env
         self.logdir = logdir
         self._worker: ExitStack | None = None
@@ -105,48 +114,63 @@ class Context:
             self.redis.slowlog_reset()
 
     def settle(self, timeout: float = 60.0) -> int:
-        """Wait until every recorded write's invalidation was applied (celery); returns how
-        many were not."""
-        return self.writes.resolve(self.bookkeeping if self.celery else None, timeout)
+        """Wait until every recorded write's invalidation was applied (by the worker or the
+        relay); returns how many were not."""
+        return self.writes.resolve(self.bookkeeping if self.worker else None, timeout)
 
     # -- worker -----------------------------------------------------------------------------
     def start_worker(self, **env: str) -> None:
-        """Start the worker (celery only; no-op if running), its environment updated by
-        ``env``."""
-        if not self.celery or self._worker is not None:
+        """Start the Celery worker or the outbox relay (no-op for the others, or if running),
+        its environment updated by ``env``."""
+        if not self.worker or self._worker is not None:
             return
         from . import infra
         from .tracking import READY
 
         self.bookkeeping.delete(READY)
         stack = ExitStack()
-        self._worker_process = stack.enter_context(
-            infra.celery_worker({**self.env, **env}, self.logdir / "worker.log"))
+        start = infra.celery_worker if self.celery else infra.outbox_relay
+        log = self.logdir / ("worker.log" if self.celery else "relay.log")
+        self._worker_process = stack.enter_context(start({**self.env, **env}, log))
+        self._worker_started = time.time()
         self._worker = stack
         deadline = time.time() + 60
         while not self.bookkeeping.get(READY):
             if self._worker_process.poll() is not None or time.time() > deadline:
                 stack.close()
                 self._worker = None
-                log = (self.logdir / "worker.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the Celery worker did not start:\n{log}")
+                tail = log.read_text(errors="replace")[-3000:]
+                what = "Celery worker" if self.celery else "outbox relay"
+                raise RuntimeError(f"the {what} did not start:\n{tail}")
             time.sleep(0.05)
 
     def stop_worker(self) -> None:
         if self._worker is not None:
+            assert self._worker_process is not None
+            self.worker_cpu += _cpu_seconds(self._worker_process.pid)
+            self.worker_wall += time.time() - self._worker_started
             self._worker.close()
             self._worker = None
             self._worker_process = None
 
     def wait_idle(self, timeout: float = 120.0) -> None:
-        """Wait until the worker has nothing queued or in flight (celery; no-op otherwise)."""
-        if not self.celery or self._worker is None:
+        """Wait until the worker has nothing queued or in flight, or the relay has no row
+        left (no-op for the others)."""
+        if not self.worker or self._worker is None:
+            return
+        deadline = time.time() + timeout
+        if self.outbox:
+            from cache_invalidation.models import OutboxEvent
+
+            # A delivered batch's rows are deleted in the relay's transaction, after its
+            # invalidation was applied and reported: no row left, nothing left to report.
+            while OutboxEvent.objects.exists() and time.time() < deadline:
+                time.sleep(0.01)
             return
         import redis
         from django.conf import settings
 
         broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-        deadline = time.time() + timeout
         while time.time() < deadline:
             if not broker.llen("bench") and not broker.hlen("unacked"):
                 break
@@ -156,9 +180,18 @@ class Context:
     def clear_applied(self) -> None:
         from .tracking import APPLIED
 
-        if self.celery:
+        if self.worker:
             self.bookkeeping.delete(APPLIED)
         self.writes.reset()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_env(base: dict[str, str]) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The services a run needs, started and removed by the run: a private redis-server, a
-PostgreSQL database cloned from a seeded template, a Celery worker.
+PostgreSQL database cloned from a seeded template, a Celery worker, an outbox relay.
 
 A private redis-server (on a free loopback port, no persistence) keeps SLOWLOG and memory
 figures about this contender alone, and never touches the shared Redis on 6379. The
@@ -112,13 +112,30 @@ def _check_name(name: str) -> None:
 @contextmanager
 def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """One worker, solo pool (one process, one core), consuming the run's queue."""
+    with _process(
+        [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
+         "--pool", "solo", "--concurrency", "1", "-Q", "bench", "-l", "WARNING",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"], env, log,
+    ) as worker:
+        yield worker
+
+
+@contextmanager
+def outbox_relay(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One relay process (``manage.py relay_outbox --loop``, see
+    :mod:`benchmarks.outbox_relay`) delivering the run's outbox."""
+    with _process([sys.executable, "-m", "benchmarks", "relay"], env, log) as relay:
+        yield relay
+
+
+@contextmanager
+def _process(
+    argv: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` running, its output appended to ``log``; SIGTERM (then SIGKILL) afterwards."""
     with open(log, "ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
-             "--pool", "solo", "--concurrency", "1", "-Q", "bench", "-l", "WARNING",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+        worker = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
     try:
         yield worker
     finally:

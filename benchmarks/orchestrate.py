@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small data, seconds per workload: keeps the harness alive in CI")
     parser.add_argument("--contender", action="append", choices=NAMES,
-                        help="repeatable; default: all six")
+                        help="repeatable; default: all seven")
     parser.add_argument("--workload", action="append", choices=workload_names(),
                         help="repeatable; default: all. With --contender or --workload, the "
                              "stored results of everything not re-run are kept and merged")

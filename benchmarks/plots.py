@@ -8,7 +8,8 @@ from typing import Any
 from .report import contenders, rows_for
 
 COLORS = {"nocache": "#999999", "ttl": "#bbbb44", "cacheops": "#dd8844",
-          "cachalot": "#aa66cc", "ours_sync": "#2277cc", "ours_celery": "#22aa88"}
+          "cachalot": "#aa66cc", "ours_sync": "#2277cc", "ours_celery": "#22aa88",
+          "ours_outbox": "#cc3366"}
 
 
 def write(results: dict[str, dict[str, Any]], outdir: Path, title: str) -> list[Path]:

@@ -112,6 +112,15 @@ def run(
             print(f"  {contender} {workload}: {time.perf_counter() - started:.1f}s",
                   file=sys.stderr, flush=True)
         result["loadavg"]["after"] = os.getloadavg()
+        if ctx.outbox:
+            from .outbox_relay import INTERVAL, LIMIT
+
+            ctx.stop_worker()
+            result["relay"] = {
+                "interval": float(os.environ.get("BENCH_RELAY_INTERVAL", INTERVAL)),
+                "limit": LIMIT, "cpu_seconds": round(ctx.worker_cpu, 2),
+                "wall_seconds": round(ctx.worker_wall, 2),
+            }
     return result
 
 

@@ -5,10 +5,13 @@
   library registered it.
 - :class:`Writes` runs a write in ``transaction.atomic()`` and records commit time, the time
   ``atomic()`` returned (hooks done: cacheops, cachalot and the ``sync`` transport have
-  invalidated by then) and, for this app, the ids of the events it published.
+  invalidated by then) and, for this app, the ids of the events it published (from the
+  ``invalidation_published`` signal; for ``outbox``, which does not send it for model writes,
+  from :mod:`cache_invalidation.recorder`, the debug toolbar's record of a request).
 - :func:`applied_times` pairs event ids with the moment ``invalidation_applied`` fired: in
   this process for ``sync``, in the worker (a Redis list, see :mod:`benchmarks.celery_app`)
-  for ``celery``.
+  for ``celery``, in the relay (the same list, see :mod:`benchmarks.outbox_relay`) for
+  ``outbox``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 from django.db import transaction
 
-#: Bookkeeping keys the worker writes (see :mod:`benchmarks.celery_app`).
+#: Bookkeeping keys the worker and the relay write (:mod:`benchmarks.celery_app`,
+#: :mod:`benchmarks.outbox_relay`).
 APPLIED = "bench:applied"
 READY = "bench:ready"
 
@@ -82,8 +86,10 @@ class Write:
 class Writes:
     """Runs writes and remembers them; thread-safe."""
 
-    def __init__(self, ours: bool) -> None:
+    def __init__(self, ours: bool, recorded: bool = False) -> None:
         self.ours = ours
+        #: Take the published ids from a recording of each write (see the module docstring).
+        self.recorded = recorded
         self.clock = CommitClock()
         self.local = threading.local()
         self.lock = threading.Lock()
@@ -110,12 +116,25 @@ class Writes:
             record: bool = True) -> tuple[Write, Any]:
         self.clock.install()
         self.local.ids = []
+        token = None
+        if self.recorded:
+            from cache_invalidation import recorder
+
+            token = recorder.start()
         started = time.time()
-        with transaction.atomic():
-            result = fn()
-        done = time.time()
+        try:
+            with transaction.atomic():
+                result = fn()
+            done = time.time()
+        finally:
+            if token is not None:
+                recording = recorder.stop(token)
+                if recording is not None:
+                    self.local.ids.extend(i["event_id"] for i in recording.invalidations
+                                          if i["source"] == "event")
         sent, committed = self.clock.last()
-        write = Write(kind, started, committed or done, done, list(self.local.ids), pks or [],
+        ids = list(dict.fromkeys(self.local.ids))  # once, should both sources report an id
+        write = Write(kind, started, committed or done, done, ids, pks or [],
                       commit_sent=sent)
         self.local.ids = None
         if record:

@@ -1,6 +1,11 @@
 """Baselines in the same process: ``save()`` of a declared model against the same save of an
 undeclared twin (``PlainProduct``), and a cached page read against a plain django-redis
-``cache.get`` of the same value. Interleaved, so drift hits both sides alike."""
+``cache.get`` of the same value. Interleaved, so drift hits both sides alike.
+
+The saves are timed twice: as written (autocommit: ``save()`` is its own transaction), and each
+inside ``transaction.atomic()`` (one transaction per save, as under ``ATOMIC_REQUESTS``): in
+autocommit this app's ``outbox`` transport writes its row in a second transaction of its own,
+inside ``atomic()`` in the same one."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.cache import cache
+from django.db import transaction
 
 from ..stats import summary_ms
 
@@ -22,6 +28,8 @@ def run(ctx: Any) -> dict[str, Any]:
     plain = PlainProduct.objects.order_by("pk").first()
     declared_t: list[float] = []
     plain_t: list[float] = []
+    declared_atomic: list[float] = []
+    plain_atomic: list[float] = []
     for i in range(n + n // 10):
         record = i >= n // 10  # the first tenth warms connections and caches up
         for obj, sink in ((product, declared_t), (plain, plain_t))[:: 1 if i % 2 else -1]:
@@ -29,6 +37,17 @@ def run(ctx: Any) -> dict[str, Any]:
             obj.version += 1
             started = time.perf_counter()
             obj.save()
+            if record:
+                sink.append(time.perf_counter() - started)
+    for i in range(n + n // 10):
+        record = i >= n // 10
+        for obj, sink in ((product, declared_atomic), (plain, plain_atomic))[:: 1 if i % 2
+                                                                             else -1]:
+            obj.price = Decimal(1000 + i % 500) / 10
+            obj.version += 1
+            started = time.perf_counter()
+            with transaction.atomic():
+                obj.save()
             if record:
                 sink.append(time.perf_counter() - started)
     # Redis commands a save causes (for celery: the publish and the worker's apply, once the
@@ -58,12 +77,17 @@ def run(ctx: Any) -> dict[str, Any]:
                 sink.append(time.perf_counter() - started)
     served = ctx.contender.peek(pk)
     save, plain_save = summary_ms(declared_t), summary_ms(plain_t)
+    save_atomic, plain_atomic_s = summary_ms(declared_atomic), summary_ms(plain_atomic)
     hit, get = summary_ms(hit_t), summary_ms(get_t)
     return {
         "save": save,
         "plain_save": plain_save,
         "save_ratio_p50": _ratio(save["p50"], plain_save["p50"]),
         "save_ratio_mean": _ratio(save["mean"], plain_save["mean"]),
+        "save_atomic": save_atomic,
+        "plain_save_atomic": plain_atomic_s,
+        "save_atomic_ratio_p50": _ratio(save_atomic["p50"], plain_atomic_s["p50"]),
+        "save_atomic_ratio_mean": _ratio(save_atomic["mean"], plain_atomic_s["mean"]),
         "redis_commands_per_save": len(slow.entries) / 20,
         "hit": hit,
         "redis_get": get,
