@@ -67,14 +67,15 @@ def apply_events(
     deleted = TaggedCache().invalidate_many(tags, keys, drains=drains, bookkeeping=book)
     duration = time.monotonic() - started
     storm.learn(book)
-    logger.debug(
-        "cache_invalidation: applied %d event(s), %d tag(s), %d key(s), %d entries deleted",
-        len(fresh),
-        len(tags),
-        len(keys),
-        deleted,
-        extra=log_extra(fresh, stage="apply", tags=list(tags), keys=list(keys)),
-    )
+    if logger.isEnabledFor(logging.DEBUG):  # the extra fields cost more than the call
+        logger.debug(
+            "cache_invalidation: applied %d event(s), %d tag(s), %d key(s), %d entries deleted",
+            len(fresh),
+            len(tags),
+            len(keys),
+            deleted,
+            extra=log_extra(fresh, stage="apply", tags=list(tags), keys=list(keys)),
+        )
     signals.invalidation_applied.send(sender=None, events=fresh, deleted=deleted, duration=duration)
     return deleted
 

@@ -101,7 +101,8 @@ def celery_broker_configured() -> bool:
 def _reset(*, setting: str, **kwargs: Any) -> None:
     if setting in ("CACHE_INVALIDATION", "CELERY_BROKER_URL", "BROKER_URL", "CACHES"):
         get_config.cache_clear()
-        from cache_invalidation import storm, tagging
+        from cache_invalidation import storm, tagging, transports
 
         tagging.reset_backends()
         storm.forget_rates()
+        transports.reset()

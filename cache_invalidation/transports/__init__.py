@@ -39,6 +39,21 @@ def get_transport() -> Transport:
     from ..conf import get_config
 
     name = get_config()["TRANSPORT"]
+    transport = _built.get(name)
+    if transport is None:
+        transport = _built[name] = _build(name)
+    return transport
+
+
+#: One instance per transport name (transports keep no state); cleared with the settings.
+_built: dict[str, Transport] = {}
+
+
+def reset() -> None:
+    _built.clear()
+
+
+def _build(name: str) -> Transport:
     try:
         path = TRANSPORTS[name]
     except KeyError:
