@@ -29,6 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import terminate
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
 PACKAGES = ("chromium", "chromium-driver")
@@ -171,12 +173,7 @@ class ShopServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+            terminate(self.process)
             self.process = None
 
     def log(self) -> str:

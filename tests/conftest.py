@@ -86,6 +86,18 @@ def recorder() -> Iterator[Recorder]:
     signals.invalidation_failed.disconnect(dispatch_uid="test-failed")
 
 
+def terminate(process: Any, timeout: float = 15) -> None:
+    """SIGTERM ``process`` and wait; SIGKILL it if it is still running after ``timeout``."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

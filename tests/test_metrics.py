@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
@@ -142,14 +143,13 @@ def _stats(client: redis.Redis) -> tuple[int, dict[str, int]]:
     return reads, commands
 
 
-def test_recording_a_batch_is_one_pipelined_round_trip(private_cache, monkeypatch):
-    committed = time.time()  # one timestamp: every lag falls in the same histogram bucket
-    products = [InvalidationEvent(type="shop.Product.updated", entity_type="shop.Product",
-                                  timestamp=committed) for _ in range(40)]
-    manual = [InvalidationEvent(type="manual", timestamp=committed) for _ in range(10)]
-    metrics.record_published([products[0]], "sync")  # opens the cache's connection
-    _, before = _stats(private_cache)
-    round_trips = []
+@contextmanager
+def round_trips_counted(monkeypatch):
+    """The client's round trips while the block runs: "pipeline" or the command's name.
+
+    The real client still sends everything; the server's own read counter is not usable (TCP
+    may split one pipeline into several reads)."""
+    round_trips: list[str] = []
     original_pipeline, original_command = Pipeline.execute, Redis.execute_command
 
     def counted_pipeline(self, *args, **kwargs):
@@ -160,12 +160,23 @@ def test_recording_a_batch_is_one_pipelined_round_trip(private_cache, monkeypatc
         round_trips.append(str(args[0]))
         return original_command(self, *args, **kwargs)
 
-    # Count the client's round trips (the real client still sends everything): the server's
-    # own read counter is not usable, TCP may split one pipeline into several reads.
     monkeypatch.setattr(Pipeline, "execute", counted_pipeline)
     monkeypatch.setattr(Redis, "execute_command", counted_command)
-    metrics.record_applied(products + manual, now=committed + 0.003)
-    monkeypatch.undo()
+    try:
+        yield round_trips
+    finally:
+        monkeypatch.undo()
+
+
+def test_recording_a_batch_is_one_pipelined_round_trip(private_cache, monkeypatch):
+    committed = time.time()  # one timestamp: every lag falls in the same histogram bucket
+    products = [InvalidationEvent(type="shop.Product.updated", entity_type="shop.Product",
+                                  timestamp=committed) for _ in range(40)]
+    manual = [InvalidationEvent(type="manual", timestamp=committed) for _ in range(10)]
+    metrics.record_published([products[0]], "sync")  # opens the cache's connection
+    _, before = _stats(private_cache)
+    with round_trips_counted(monkeypatch) as round_trips:
+        metrics.record_applied(products + manual, now=committed + 0.003)
 
     _, after = _stats(private_cache)
     assert round_trips == ["pipeline"]
@@ -181,22 +192,9 @@ def test_a_committed_sync_save_is_one_round_trip_metrics_included(
 ):
     product.save()  # warm up: connections, scripts
     _, before = _stats(private_cache)
-    round_trips = []
-    original_pipeline, original_command = Pipeline.execute, Redis.execute_command
-
-    def counted_pipeline(self, *args, **kwargs):
-        round_trips.append("pipeline")
-        return original_pipeline(self, *args, **kwargs)
-
-    def counted_command(self, *args, **kwargs):
-        round_trips.append(str(args[0]))
-        return original_command(self, *args, **kwargs)
-
-    monkeypatch.setattr(Pipeline, "execute", counted_pipeline)
-    monkeypatch.setattr(Redis, "execute_command", counted_command)
-    product.price = Decimal("3.00")
-    product.save()
-    monkeypatch.undo()
+    with round_trips_counted(monkeypatch) as round_trips:
+        product.price = Decimal("3.00")
+        product.save()
     _, after = _stats(private_cache)
     # The invalidation script also counted the batch, marked its ids and its model's rate.
     assert round_trips == ["EVALSHA"]

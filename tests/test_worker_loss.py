@@ -37,7 +37,7 @@ from kombu import Connection
 
 from cache_invalidation import TaggedCache
 from cache_invalidation.events import InvalidationEvent, encode_batch
-from tests.conftest import wait_for
+from tests.conftest import terminate, wait_for
 from tests.faults import row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,12 +158,7 @@ class Worker:
     def stop(self) -> int:
         """Warm shutdown (SIGTERM), SIGKILL if that takes too long; the return code."""
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+            terminate(self.process)
         self._out.close()
         return int(self.process.returncode)
 
