@@ -6,11 +6,12 @@ admin dashboard, the Prometheus view).
 
 **Counters**, each counting *events* per model (``event.entity_type``; ``"manual"`` for
 :func:`~cache_invalidation.invalidate` events, ``"unknown"`` for a message too malformed to
-decode): ``published`` (left this process: sent to the broker, applied inline, committed to the
-outbox), ``applied``, ``failed`` (failed attempts: an event retried three times counts three),
-``dead_lettered``, ``duplicates`` (skipped because their id was already applied) and
-``escalated`` (storm control). **Lag**: seconds from ``event.timestamp`` (made, before commit)
-to applied, in a histogram with fixed bounds (:data:`LAG_BOUNDS_MS`).
+decode): ``published`` (left this process: sent to the broker, applied inline, delivered from
+the outbox), ``applied`` (each application; replays count again), ``failed`` (failed
+attempts: an event retried three times counts three), ``dead_lettered``, ``duplicates``
+(skipped because their id was already applied) and ``escalated`` (storm control). **Lag**:
+seconds from ``event.timestamp`` (made, before commit) to applied, in a histogram with fixed
+bounds (:data:`LAG_BOUNDS_MS`).
 
 Layout on django-redis (names through the cache's ``make_key``): one hash per minute
 ``ci:stats:min:<minute>`` (kept 2 hours), one per hour ``ci:stats:hour:<hour>`` (kept 26
