@@ -262,30 +262,20 @@ def _preview(
         error = f"{type(exc).__name__}: {exc}"
     if plan.pattern is not None and plan.preview is not None:
         refusal = plan.pattern.refusal(plan.preview) or ""
+    manual.audit(
+        plan,
+        None,
+        source="admin",
+        user=request.user,
+        dry_run=True,
+        status=Status.FAILED if error else Status.PREVIEWED,
+        error=error or refusal,
+    )
     if error:
-        manual.audit(
-            plan,
-            None,
-            source="admin",
-            user=request.user,
-            dry_run=True,
-            status=Status.FAILED,
-            error=error,
-        )
         model_admin.message_user(
             request,
             _("Could not count the keys matching the pattern: %(error)s") % {"error": error},
             messages.ERROR,
-        )
-    else:
-        manual.audit(
-            plan,
-            None,
-            source="admin",
-            user=request.user,
-            dry_run=True,
-            status=Status.PREVIEWED,
-            error=refusal,
         )
     can_confirm = not (error or refusal)
     return {
