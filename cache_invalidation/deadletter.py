@@ -184,6 +184,7 @@ def replay(
     """Apply each dead letter now, in this process. A success marks it replayed; a failure
     keeps it pending with one more attempt, the error and the next automatic replay time."""
     from .apply import apply_events
+    from .backends import PartialInvalidation
     from .models import DeadLetter
 
     result = ReplayResult()
@@ -210,9 +211,13 @@ def replay(
                 row.last_failed_at = now
                 row.last_error = _text(exc)
                 row.next_attempt_at = now + _backoff(row.attempts)
-                row.save(
-                    update_fields=["attempts", "last_failed_at", "last_error", "next_attempt_at"]
-                )
+                fields = ["attempts", "last_failed_at", "last_error", "next_attempt_at"]
+                if isinstance(exc, PartialInvalidation):
+                    # Part of it was done: keep only what is left (the sets this attempt
+                    # renamed for draining included, or their members would stay cached).
+                    row.tags, row.keys, row.drains = exc.tags, exc.keys, exc.drains
+                    fields += ["tags", "keys", "drains"]
+                row.save(update_fields=fields)
                 result.failed[pk] = row.last_error
                 _alert(row, [], exc)
                 ok = False

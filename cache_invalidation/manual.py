@@ -229,15 +229,16 @@ def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
     try:
         deleted = tagged_cache.invalidate_many(plan.tags, plan.keys)
     except PartialInvalidation as exc:
-        # The tags are already invalid for stores; what is left is draining their members.
+        # What is left: draining members of tags already invalid for stores, and the tags and
+        # keys of the calls that did not run.
         from . import deadletter
 
         row = deadletter.record(
             [event],
             DeadLetter.Reason.APPLY_FAILED,
             exc.__cause__ or exc,
-            tags=(),
-            keys=(),
+            tags=exc.tags,
+            keys=exc.keys,
             drains=exc.drains,
         )
         error = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"

@@ -96,9 +96,10 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
             exc.__cause__ or exc,
             config,
             attempts,
+            # A retry recomputes the events' tags unless the last call ran (ids marked applied).
             kwargs={"drains": exc.drains},
-            tags=(),
-            keys=(),
+            tags=exc.tags,
+            keys=exc.keys,
             drains=exc.drains,
         )
     except RETRYABLE as exc:

@@ -83,12 +83,15 @@ class TcpProxy:
         self._set("up")
 
     def on_match(self, pattern: bytes, then: str, forward: bool = True) -> None:
-        """When the client sends bytes matching ``pattern``, go ``then`` ("stall" or "down").
+        """When the client sends bytes matching ``pattern``, go ``then`` ("stall", "down" or
+        "hold").
 
         ``forward``: the matching bytes reach the server first (it runs the command; only the
-        reply is lost), else they are dropped with the connection.
+        reply is lost), else they are dropped with the connection. "hold" (with
+        ``forward=False``) stalls and keeps the matching bytes: they reach the server when
+        :meth:`up` is called, so the test runs something at that exact point.
         """
-        assert then in ("stall", "down")
+        assert then in ("stall", "down", "hold")
         self.triggered.clear()
         with self._lock:
             self._trigger = (re.compile(pattern, re.DOTALL), then, forward)
@@ -178,6 +181,10 @@ class TcpProxy:
                         self.triggered.set()
                         if trigger[1] == "down":
                             return
+                        if trigger[1] == "hold":  # the bytes wait for up(), then go
+                            if not self._wait_to_move():
+                                return
+                            dst.sendall(data)
                         continue
                 if not self._wait_to_move():
                     return

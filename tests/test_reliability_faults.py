@@ -40,6 +40,7 @@ from cache_invalidation import (
     outbox,
 )
 from cache_invalidation.backends import redis as redis_backend
+from cache_invalidation.events import InvalidationEvent
 from cache_invalidation.models import DeadLetter, OutboxEvent
 from testproject.shop.models import Category, Product
 from tests.conftest import PrivateRedis, wait_for
@@ -234,6 +235,91 @@ def test_redis_dies_after_the_invalidation(celery_faults, proxy, private_redis, 
     assert_cache_equals_database(cache, products)
     assert_accounted([event.id], applied_ids(recorder) | dedup.applied([event.id]))
     assert not DeadLetter.objects.exists()
+
+
+# -- a batch too large for one script call -------------------------------------------------
+@pytest.fixture
+def split_caches(settings: Any, private_redis: PrivateRedis, proxy: TcpProxy) -> Any:
+    """``private`` reaches the private Redis directly, ``proxied`` through the proxy; a timeout
+    long enough for a held call."""
+    settings.CACHES = {**settings.CACHES, "private": cache_settings(private_redis.url, 5),
+                       "proxied": cache_settings(proxy.url, 5)}
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "CACHE_ALIAS": "proxied"}
+    return settings
+
+
+def many_tags(n: int) -> list[str]:
+    return [f"t-{i:04d}" for i in range(n)]
+
+
+@row("A store lands between two script calls of a large invalidation",
+     "600 tags are applied in three calls of 250; a TCP proxy holds the second call while a "
+     "request whose lookup predates the invalidation stores a value under a tag of that call",
+     "the store succeeds (its tag is not stamped yet) and is deleted by the held call once it "
+     "runs: once the invalidation returns, nothing stale is served")
+def test_a_store_between_two_calls_is_dropped_by_the_later_call(split_caches, proxy):
+    assert redis_backend.TAGS_PER_CALL == 250
+    direct, via = TaggedCache("private"), TaggedCache("proxied")
+    tags = many_tags(600)
+    via.invalidate_tags(["warm-up"])  # Redis knows the script: the held call is EVALSHA
+    before = direct.backend.lookup("page", None, 5, False)  # a request starts computing
+    proxy.on_match(re.escape(b"ci:v:t-0499"), then="hold", forward=False)  # the 2nd call
+    worker = threading.Thread(target=via.invalidate_tags, args=(tags,))
+    worker.start()
+    assert proxy.triggered.wait(10)  # the first call ran; the second waits
+    assert direct.backend.store("page", "stale", [tags[300]], 60, since=before.since)
+    proxy.up()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert direct.get("page") is None
+    # And a store after the call that stamped its tag is refused.
+    assert not direct.backend.store("page", "stale", [tags[300]], 60, since=before.since)
+
+
+@row("Redis lost in the middle of a large invalidation (sync)",
+     "600 tags in three script calls; the proxy drops the connection when the third call is "
+     "sent; the proxy comes back and the dead letter is replayed",
+     "the first two calls stand; the dead letter holds exactly the third call's tags (and the "
+     "event is not marked applied); the replay drops the rest")
+def test_a_large_invalidation_cut_part_way_is_finished_by_its_dead_letter(split_caches, proxy):
+    direct = TaggedCache("private")
+    tags = many_tags(600)
+    for tag in (tags[0], tags[300], tags[599]):
+        direct.set(f"page-{tag}", "v", tags=[tag])
+    TaggedCache("proxied").invalidate_tags(["warm-up"])
+    proxy.on_match(re.escape(b"ci:t:t-0500"), then="down", forward=False)
+    event = invalidate(tags=tags)
+    assert proxy.triggered.is_set()
+    assert direct.get(f"page-{tags[0]}") is None and direct.get(f"page-{tags[300]}") is None
+    assert direct.get(f"page-{tags[599]}") == "v"  # its call never reached Redis
+    [letter] = DeadLetter.objects.all()
+    assert (letter.tags, letter.keys, letter.event_ids) == (tags[500:], [], [event.id])
+    assert not dedup.applied([event.id])
+    proxy.up()
+    assert replay_all().replayed == [letter.pk]
+    assert direct.get(f"page-{tags[599]}") is None
+
+
+@row("Redis lost in the middle of replaying a large dead letter",
+     "a dead letter of 600 tags is replayed while the proxy drops the connection at its third "
+     "script call",
+     "the row stays pending and keeps only what is left (the third call's tags): nothing the "
+     "first calls renamed for draining or left undone is forgotten; the next replay finishes")
+def test_a_replay_cut_part_way_keeps_only_what_is_left(split_caches, proxy):
+    direct = TaggedCache("private")
+    tags = many_tags(600)
+    direct.set("page", "v", tags=[tags[599]])
+    event = InvalidationEvent(type="manual", tags=tuple(tags))
+    letter = deadletter.record([event], DeadLetter.Reason.APPLY_FAILED, "test", tags=tags)
+    TaggedCache("proxied").invalidate_tags(["warm-up"])
+    proxy.on_match(re.escape(b"ci:t:t-0500"), then="down", forward=False)
+    assert replay_all().failed
+    letter.refresh_from_db()
+    assert (letter.status, letter.tags, letter.drains) == ("pending", tags[500:], [])
+    assert direct.get("page") == "v"
+    proxy.up()
+    assert replay_all().replayed == [letter.pk]
+    assert direct.get("page") is None
 
 
 # -- Redis restarted empty --------------------------------------------------------------------

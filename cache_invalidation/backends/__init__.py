@@ -22,14 +22,27 @@ MISSING: Any = object()
 
 
 class PartialInvalidation(Exception):
-    """The tags were invalidated and the keys deleted, but some large tags' member sets were
-    still being drained when the cache failed. ``drains`` names those sets: invalidating
-    again with ``drains=`` finishes them."""
+    """The cache failed part way through an invalidation. What is left: ``tags`` and ``keys``
+    not invalidated yet (a large batch is applied in several script calls), and ``drains``,
+    member sets of tags already invalidated that were still being emptied. Invalidating again
+    with ``tags=``, ``keys=`` and ``drains=`` finishes it; retrying the whole batch does too,
+    with ``drains=``."""
 
-    def __init__(self, drains: list[str], deleted: int) -> None:
+    def __init__(
+        self,
+        drains: list[str],
+        deleted: int,
+        tags: Sequence[str] = (),
+        keys: Sequence[str] = (),
+    ) -> None:
         self.drains = drains
         self.deleted = deleted
-        super().__init__(f"{len(drains)} tag set(s) left to drain after {deleted} deletions")
+        self.tags = list(tags)
+        self.keys = list(keys)
+        left = f"{len(drains)} tag set(s) left to drain"
+        if self.tags or self.keys:
+            left += f", {len(self.tags)} tag(s) and {len(self.keys)} key(s) left to invalidate"
+        super().__init__(f"{left} after {deleted} deletions")
 
 
 @dataclass

@@ -13,13 +13,19 @@ lookup saw a number older than the epoch, or above the current sequence (lost, n
 yet), is refused: a value computed before the loss cannot be stored as fresh after it (its
 tags' versions may have been lost with the sequence).
 
-Invalidation is one Lua script per batch: it bumps the sequence, writes it as the version of
-every tag (so no computation that started earlier can store under them any more), deletes the
-members of small tags and the plain keys, and renames each large tag's member set to a
-"draining" key. The draining sets are then emptied :data:`CHUNK` members per script call, so
-Redis is never blocked for long and members are never all loaded into Python. Until a drain
-finishes, plain reads of its not-yet-deleted members still see the old values: that window is
-part of the invalidation lag.
+Invalidation is one Lua script call per :data:`TAGS_PER_CALL` tags (and
+:data:`KEYS_PER_CALL` plain keys) of a batch: it bumps the sequence, writes it as the version
+of each of its tags (so no computation that started earlier can store under them any more),
+deletes the members of small tags and the plain keys, and renames each large tag's member set
+to a "draining" key. A store that lands between two calls, under a tag of a later call, has
+added itself to that tag's member set, which the later call deletes. The batch's bookkeeping
+(counters, duplicate marks) rides in the last call; a failure part way raises
+:class:`~.PartialInvalidation` naming the tags and keys left.
+
+The draining sets are then emptied :data:`CHUNK` members per script call, so Redis is never
+blocked for long and members are never all loaded into Python. Until a drain finishes, plain
+reads of its not-yet-deleted members still see the old values: that window is part of the
+invalidation lag.
 
 Stores prune the index as they go: each store checks two random members of each of its tags
 and removes those whose entry expired, so under churn a tag's set stays within about twice its
@@ -36,6 +42,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
+from itertools import zip_longest
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -49,6 +56,11 @@ logger = logging.getLogger("cache_invalidation")
 
 #: Members deleted per script call: well under a millisecond of Redis time.
 CHUNK = 200
+#: Tags and plain keys handled per invalidation script call: a batch's union of tags is not
+#: capped (storm control caps each event), so a large one is applied in several calls, each
+#: about a millisecond of Redis time.
+TAGS_PER_CALL = 250
+KEYS_PER_CALL = 500
 
 # KEYS: value, seq, lease, stale, tag list, epoch. ARGV: want lease, token, lease ttl ms,
 # want stale, want tags (the entry's tags, for an enclosing capture), sequence ttl ms.
@@ -352,6 +364,37 @@ class RedisTagBackend:
             if bookkeeping:
                 bookkeeping.write(self.cache)
             return self._finish(remaining, deleted)
+        # At most TAGS_PER_CALL tags and KEYS_PER_CALL keys per call. Safe to split: a store
+        # between two calls whose tags are not stamped yet adds itself to their member sets,
+        # which the later call deletes; a store after a call is refused by its stamps. The
+        # bookkeeping (ids marked applied) rides in the last call only.
+        calls: list[tuple[list[str], list[str]]] = list(
+            zip_longest(_chunks(tags, TAGS_PER_CALL), _chunks(keys, KEYS_PER_CALL), fillvalue=[])
+        )
+        for index, (tag_chunk, key_chunk) in enumerate(calls):
+            last = index == len(calls) - 1
+            try:
+                done, draining = self._invalidate_call(
+                    tag_chunk, key_chunk, bookkeeping if last else None
+                )
+            except RedisError as exc:
+                if index == 0 and not remaining:
+                    raise  # nothing happened yet: retrying the whole batch is all there is
+                later = calls[index:]
+                raise PartialInvalidation(
+                    remaining,
+                    deleted,
+                    tags=[t for c, _ in later for t in c],
+                    keys=[k for _, c in later for k in c],
+                ) from exc
+            deleted += done
+            # From here these tags are invalid for stores; what fails now is only the cleanup.
+            remaining += draining
+        return self._finish(remaining, deleted)
+
+    def _invalidate_call(
+        self, tags: Sequence[str], keys: Sequence[str], bookkeeping: Bookkeeping | None
+    ) -> tuple[int, list[str]]:
         tag_keys, version_keys = self._tag_keys(tags)
         drain_prefix = self._key(f"ci:d:{uuid.uuid4().hex[:8]}:")
         book_keys, ops = (bookkeeping or Bookkeeping()).script_args(self.client_wrapper.make_key)
@@ -369,10 +412,7 @@ class RedisTagBackend:
         )
         if bookkeeping is not None:
             bookkeeping.script_result(totals)
-        deleted += int(done)
-        # From here every tag is invalid for stores; what fails now is only the cleanup.
-        remaining += [d.decode() if isinstance(d, bytes) else str(d) for d in draining]
-        return self._finish(remaining, deleted)
+        return int(done), [d.decode() if isinstance(d, bytes) else str(d) for d in draining]
 
     def _finish(self, remaining: list[str], deleted: int) -> int:
         if remaining:
@@ -434,6 +474,10 @@ class _DrainFailed(Exception):
         super().__init__(f"{len(left)} set(s) left to drain")
         self.left = left
         self.deleted = deleted
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _glob_escape(text: str) -> str:

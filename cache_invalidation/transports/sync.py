@@ -35,8 +35,8 @@ class SyncTransport:
                     events,
                     DeadLetter.Reason.APPLY_FAILED,
                     exc.__cause__ or exc,
-                    tags=(),
-                    keys=(),
+                    tags=exc.tags,
+                    keys=exc.keys,
                     drains=exc.drains,
                 )
             else:
