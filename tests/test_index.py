@@ -91,3 +91,20 @@ def test_prune_task_runs_in_a_real_worker(celery_worker, settings):
 
     assert wait_for(lambda: cache.index_stats()["dead_members"] == 0)
     assert cache.index_stats()["members"] == 1
+
+
+def test_prune_finishes_a_drain_whose_drainer_was_lost(settings, redis_client):
+    """The state a lost drainer leaves: the tag's member set renamed for draining and listed in
+    the registry, its members still cached. The periodic prune claims and drains it."""
+    cache = TaggedCache("default")
+    for i in range(250):
+        cache.set(f"orphan-{i}", "v", tags=["orphaned"])
+    make_key = cache.backend.client_wrapper.make_key  # type: ignore[attr-defined]
+    target = make_key("ci:d:lost:1:1")
+    redis_client.rename(make_key("ci:t:orphaned"), target)
+    redis_client.zadd(make_key("ci:draining"), {target: 0})  # claimed long ago
+    assert cache.get("orphan-0") == "v"
+    cache.prune_index()
+    assert sum(cache.get(f"orphan-{i}") is not None for i in range(250)) == 0
+    assert not redis_client.exists(target)
+    assert redis_client.zcard(make_key("ci:draining")) == 0

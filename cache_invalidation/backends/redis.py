@@ -4,7 +4,9 @@ Layout (every name passes through the cache's ``make_key``, so ``KEY_PREFIX``/``
 apply): the value at ``make_key(key)``; the members of a tag at ``make_key("ci:t:" + tag)``;
 the tag's version at ``make_key("ci:v:" + tag)``; the invalidation sequence at
 ``make_key("ci:seq")``; a compute lease at ``make_key("ci:l:" + key)``; a stale copy at
-``make_key("ci:s:" + key)``; an entry's tags, as a JSON list, at ``make_key("ci:tl:" + key)``.
+``make_key("ci:s:" + key)``; an entry's tags, as a JSON list, at ``make_key("ci:tl:" + key)``;
+member sets being drained at ``make_key("ci:d:...")``, listed in the sorted set
+``make_key("ci:draining")`` (:data:`DRAINING`).
 
 The sequence survives nothing but itself: when Redis lost it (restarted empty, flushed, the
 key expired), the next invalidation or missed lookup starts it again from the server clock in
@@ -25,7 +27,9 @@ added itself to that tag's member set, which the later call deletes. The batch's
 The draining sets are then emptied :data:`CHUNK` members per script call, so Redis is never
 blocked for long and members are never all loaded into Python. Until a drain finishes, plain
 reads of its not-yet-deleted members still see the old values: that window is part of the
-invalidation lag.
+invalidation lag. Every draining set is registered with the time it was last claimed; one
+whose drainer is lost (the reply naming it never arrived, the process died) is claimed after
+:data:`ORPHANED_AFTER_MS` by the next invalidation, or by :meth:`~RedisTagBackend.prune`.
 
 Stores prune the index as they go: each store checks two random members of each of its tags
 and removes those whose entry expired, so under churn a tag's set stays within about twice its
@@ -61,6 +65,11 @@ CHUNK = 200
 #: about a millisecond of Redis time.
 TAGS_PER_CALL = 250
 KEYS_PER_CALL = 500
+#: The registry of draining sets (see :func:`RedisTagBackend.invalidate`), and how long a set
+#: may go unclaimed before another invalidation takes over its drain: its drainer is then
+#: presumed lost (a reply lost after the script ran, a process killed while draining).
+DRAINING = "ci:draining"
+ORPHANED_AFTER_MS = 30_000
 
 # KEYS: value, seq, lease, stale, tag list, epoch. ARGV: want lease, token, lease ttl ms,
 # want stale, want tags (the entry's tags, for an enclosing capture), sequence ttl ms.
@@ -125,7 +134,8 @@ return 1
 """
 
 # KEYS: seq, n tag sets, n versions, epoch, m plain keys, bookkeeping keys.
-# ARGV: n, index ttl ms, budget, drain prefix, m, bookkeeping operations (JSON).
+# ARGV: n, index ttl ms, budget, drain prefix, m, bookkeeping operations (JSON), the registry
+# of draining sets (a sorted set: set -> ms when last claimed), orphan age ms.
 _INVALIDATE = (
     """
 local n = tonumber(ARGV[1])
@@ -143,6 +153,8 @@ if redis.call('EXISTS', epoch) == 1 then redis.call('PEXPIRE', epoch, tonumber(A
 local budget = tonumber(ARGV[3])
 local deleted = 0
 local draining = {}
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 for i = 1, n do
   local set = KEYS[1 + i]
   redis.call('SET', KEYS[1 + n + i], seq, 'PX', ARGV[2])
@@ -158,11 +170,21 @@ for i = 1, n do
     local target = ARGV[4] .. seq .. ':' .. i
     redis.call('RENAME', set, target)
     redis.call('PEXPIRE', target, ARGV[2])
+    redis.call('ZADD', ARGV[7], now_ms, target)
+    redis.call('PEXPIRE', ARGV[7], ARGV[2])
     draining[#draining + 1] = target
   end
 end
 for i = 2 * n + 3, 2 * n + 2 + m do
   deleted = deleted + redis.call('DEL', KEYS[i])
+end
+-- Sets whose drainer was lost (its reply lost, its process gone) are claimed here, so their
+-- members do not stay cached until they expire.
+local orphans = redis.call(
+  'ZRANGEBYSCORE', ARGV[7], '-inf', now_ms - tonumber(ARGV[8]), 'LIMIT', 0, 16)
+for _, orphan in ipairs(orphans) do
+  redis.call('ZADD', ARGV[7], now_ms, orphan)
+  draining[#draining + 1] = orphan
 end
 local ops = cjson.decode(ARGV[6])
 local first = 2 * n + 3 + m
@@ -173,8 +195,9 @@ return {deleted, draining, totals}
 """
 )
 
-# KEYS: draining sets. ARGV: budget. Pops and deletes up to budget members, set after set;
-# returns the deletions and the sets that still have members.
+# KEYS: draining sets. ARGV: budget, the registry of draining sets. Pops and deletes up to
+# budget members, set after set; returns the deletions and the sets that still have members
+# (an emptied set leaves the registry).
 _DRAIN = """
 local budget = tonumber(ARGV[1])
 local deleted = 0
@@ -187,7 +210,11 @@ for i = 1, #KEYS do
       budget = budget - #members
     end
   end
-  if redis.call('EXISTS', KEYS[i]) == 1 then left[#left + 1] = KEYS[i] end
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    left[#left + 1] = KEYS[i]
+  else
+    redis.call('ZREM', ARGV[2], KEYS[i])
+  end
 end
 return {deleted, left}
 """
@@ -408,7 +435,16 @@ class RedisTagBackend:
                 *(self._key(k) for k in keys),
                 *book_keys,
             ],
-            [len(tags), self._index_ttl_ms(), CHUNK, drain_prefix, len(keys), ops],
+            [
+                len(tags),
+                self._index_ttl_ms(),
+                CHUNK,
+                drain_prefix,
+                len(keys),
+                ops,
+                self._key(DRAINING),
+                ORPHANED_AFTER_MS,
+            ],
         )
         if bookkeeping is not None:
             bookkeeping.script_result(totals)
@@ -431,7 +467,7 @@ class RedisTagBackend:
         left = set_keys
         while left:
             try:
-                removed, still = self._run(_DRAIN, left, [CHUNK])
+                removed, still = self._run(_DRAIN, left, [CHUNK, self._key(DRAINING)])
             except RedisError as exc:
                 raise _DrainFailed(left, deleted) from exc
             deleted += int(removed)
@@ -445,8 +481,13 @@ class RedisTagBackend:
         return self._redis().scan_iter(match=_glob_escape(self._key("ci:t:")) + "*", count=1000)
 
     def prune(self) -> dict[str, int]:
-        """Remove members whose entry expired from every tag set; chunked, never blocking."""
+        """Remove members whose entry expired from every tag set, and finish draining sets
+        whose drainer was lost; chunked, never blocking."""
         client = self._redis()
+        registry = self._key(DRAINING)
+        server_ms = int(client.time()[0]) * 1000
+        orphans = client.zrangebyscore(registry, "-inf", server_ms - ORPHANED_AFTER_MS)
+        self._finish([o.decode() if isinstance(o, bytes) else str(o) for o in orphans], 0)
         sets = removed = 0
         for set_key in self._tag_sets():
             sets += 1
