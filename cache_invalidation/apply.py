@@ -50,19 +50,15 @@ def apply_events(
             sorted(e.id for e in skipped),
             extra=log_extra(skipped, stage="apply"),
         )
-    book = Bookkeeping(deletes=list(forget))
-    if events and not fresh and not drains:
-        now = time.time()
-        book.counters = metrics.bucket_writes(metrics.applied_fields([], now, skipped), now)
+    now = time.time()
+    fields = metrics.applied_fields(fresh, now, skipped, published=published)
+    book = Bookkeeping(deletes=list(forget), counters=metrics.bucket_writes(fields, now))
+    if events and not fresh and not drains:  # nothing to invalidate: count the duplicates
         TaggedCache().invalidate_many((), (), bookkeeping=book)
         return 0
     if tags is None or keys is None:
         tags, keys = union(storm.control(fresh, book))
     book.marks = dedup.marks(e.id for e in fresh)
-    now = time.time()
-    book.counters = metrics.bucket_writes(
-        metrics.applied_fields(fresh, now, skipped, published=published), now
-    )
     started = time.monotonic()
     deleted = TaggedCache().invalidate_many(tags, keys, drains=drains, bookkeeping=book)
     duration = time.monotonic() - started

@@ -100,14 +100,11 @@ def coarse_tags_for(tags: Iterable[str]) -> list[str]:
     return [coarse_tag(label) for label in labels]
 
 
-def control(
-    events: list[InvalidationEvent], bookkeeping: Bookkeeping | None = None
-) -> list[InvalidationEvent]:
+def control(events: list[InvalidationEvent], bookkeeping: Bookkeeping) -> list[InvalidationEvent]:
     """Escalate the events that exceed the tag cap or their model's rate limit.
 
     The batch's events are added to their models' counters by ``bookkeeping`` (on Redis, in
-    the invalidation's own script call); call :func:`learn` with it once written. Without
-    ``bookkeeping`` the counters are written here.
+    the invalidation's own script call); call :func:`learn` with it once written.
     """
     from .conf import get_config
 
@@ -180,7 +177,7 @@ RATE_PREFIX = "ci:rate:"
 
 
 def _over_rate(
-    events: list[InvalidationEvent], limit: int, window: int, bookkeeping: Bookkeeping | None
+    events: list[InvalidationEvent], limit: int, window: int, bookkeeping: Bookkeeping
 ) -> set[str]:
     """Models over ``limit`` events in the current window (0: no limit).
 
@@ -198,26 +195,17 @@ def _over_rate(
     if not counts:
         return set()
     slot = int(time.time() // window)
-    book = bookkeeping if bookkeeping is not None else Bookkeeping()
-    book.rates.extend(
+    bookkeeping.rates.extend(
         (f"{RATE_PREFIX}{label}:{slot}", n, window * 2) for label, n in counts.items()
     )
-    if bookkeeping is None:
-        from django.core.cache import caches
-
-        from .conf import get_config
-
-        book.write(caches[get_config()["CACHE_ALIAS"]])
-        learn(book, limit)
     return {label for label, n in counts.items() if n > limit or _over.get(label) == slot}
 
 
-def learn(bookkeeping: Bookkeeping, limit: int | None = None) -> None:
+def learn(bookkeeping: Bookkeeping) -> None:
     """Remember the models whose shared count ``bookkeeping`` found over the limit."""
-    if limit is None:
-        from .conf import get_config
+    from .conf import get_config
 
-        limit = int(get_config()["MODEL_RATE_LIMIT"])
+    limit = int(get_config()["MODEL_RATE_LIMIT"])
     if limit <= 0:
         return
     for (name, _, _), total in zip(bookkeeping.rates, bookkeeping.totals, strict=False):

@@ -175,10 +175,14 @@ class TcpProxy:
                         if trigger[2]:
                             dst.sendall(data)
                         if trigger[1] == "down":
+                            # Before cutting: the client then goes on (and the test checks the
+                            # trigger) possibly before this thread runs again.
+                            self.triggered.set()
                             self.down()
                         else:
+                            # After stalling: a test that sees the trigger may call up() next.
                             self.stall()
-                        self.triggered.set()
+                            self.triggered.set()
                         if trigger[1] == "down":
                             return
                         if trigger[1] == "hold":  # the bytes wait for up(), then go
