@@ -4,6 +4,7 @@
 - ``run --contender X [--workload Y] [--scale quick|full] --json``: one contender.
 - ``seed --scale quick|full --db bench_...``: fill a template database.
 - ``bigtag [--members N]``: how long Redis is blocked invalidating one huge tag.
+- ``capture [--rounds N]``: what automatic capture adds to a query on a miss.
 - ``relay [--interval S] [--limit N]``: the ``ours_outbox`` relay (started by ``run``).
 """
 
@@ -18,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "run": "benchmarks.run",
     "seed": "benchmarks.seed",
     "bigtag": "benchmarks.bigtag",
+    "capture": "benchmarks.capture",
     "relay": "benchmarks.outbox_relay",
 }
 

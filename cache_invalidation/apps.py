@@ -33,7 +33,10 @@ class CacheInvalidationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, registry, storm
+        from django.db import connections
+        from django.db.backends.signals import connection_created
+
+        from . import capture, checks, registry, storm
 
         checks.register()
         built = registry.build(apps.get_models())
@@ -41,6 +44,10 @@ class CacheInvalidationConfig(AppConfig):
         registry.registry.problems = built.problems
         storm.reset()
         connect(built.policies)
+        # Capture sees every statement: connections opened from now on, and any already open.
+        connection_created.connect(capture.watch_connection, dispatch_uid="ci.capture")
+        for connection in connections.all(initialized_only=True):
+            capture.watch_connection(connection=connection)
 
 
 def connect(policies: dict[Any, Any]) -> None:
@@ -54,6 +61,10 @@ def connect(policies: dict[Any, Any]) -> None:
         signals.post_init.connect(
             receivers.on_post_init, sender=model, dispatch_uid=f"ci.post_init.{label}"
         )
+        if model._meta.auto_created:  # a through table: Django sends it no write signals
+            receivers.send_write_signals(model)
+            outbox.wrap_save_base(model)
+            continue
         signals.pre_save.connect(
             receivers.on_pre_save, sender=model, dispatch_uid=f"ci.pre_save.{label}"
         )

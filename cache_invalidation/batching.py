@@ -13,9 +13,10 @@ end and leaves an inert entry in its old place, so no other entry changes or mov
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from django.db import connections, transaction
@@ -34,6 +35,7 @@ class Batch:
         self.id = uuid.uuid4()
         self.outbox = outbox
         self.entries: list[tuple[InvalidationEvent, Callable[[], None] | None]] = []
+        self.seqs: list[int] = []  # when each entry was emitted (see reads_uncommitted)
         self.committed: list[int] = []
 
     def confirm(self, index: int) -> None:
@@ -145,6 +147,7 @@ def emit(
         outbox.write(event, batch.id, using)
     index = len(batch.entries)
     batch.entries.append((event, after_commit))
+    batch.seqs.append(next(_sequence))
     transaction.on_commit(_Marker(batch, index), using=using, robust=True)
     if fresh:
         transaction.on_commit(batch.flush, using=using, robust=True)
@@ -161,6 +164,64 @@ class _Marker:
 
     def __call__(self) -> None:
         self.batch.confirm(self.index)
+
+
+_sequence = itertools.count(1)
+"""Numbers every event emitted inside a transaction, so a computation knows which came after
+it started (see :func:`reads_uncommitted`)."""
+
+
+def emitted_so_far() -> int:
+    """A mark to pass to :func:`reads_uncommitted` once a computation is done."""
+    return next(_sequence)
+
+
+def reads_uncommitted(tags: Collection[str], since: int) -> bool:
+    """Whether a value tagged ``tags`` may hold rows this thread's open transactions wrote.
+
+    Rule: the value must not reach the shared cache if an uncommitted event of this thread
+    (an event whose commit would invalidate it) names one of its tags. It is exactly as
+    precise as invalidation itself: a value that no pending event would invalidate does not
+    depend on what the transaction wrote, or that write's event would miss it after commit
+    too. An event counts while its marker is in the connection's commit hooks (a rolled-back
+    savepoint takes its markers, and its rows, with it), and also when it was emitted after
+    ``since`` (the computation may have read a row before its savepoint rolled back).
+
+    Events registered while only ``TestCase`` atomic blocks are open count as committed: the
+    test's own transaction is the baseline its code runs on (Django's durability check treats
+    those blocks the same way).
+    """
+    wanted = set(tags)
+    for connection in connections.all(initialized_only=True):
+        batch: Batch | None = getattr(connection, _ATTR, None)
+        if batch is None:
+            continue
+        pending = _pending(connection, batch)
+        for index, (event, _) in enumerate(batch.entries):
+            counts = pending.get(index)
+            if counts is None:  # rolled back, or its transaction ended since
+                counts = batch.seqs[index] > since
+            if counts and not wanted.isdisjoint(event.tags):
+                return True
+    return False
+
+
+def _pending(connection: Any, batch: Batch) -> dict[int, bool]:
+    """Entry index -> whether it is uncommitted work, for the entries whose markers are still
+    in the connection's commit hooks (False for those a ``TestCase`` block registered)."""
+    if not connection.in_atomic_block:
+        return {}
+    blocks = connection.atomic_blocks
+    leading = 0
+    while leading < len(blocks) and getattr(blocks[leading], "_from_testcase", False):
+        leading += 1
+    # savepoint_ids[i] belongs to atomic_blocks[i + 1]: the outermost block has no savepoint.
+    baseline = set(connection.savepoint_ids[: leading - 1]) if leading else None
+    found: dict[int, bool] = {}
+    for sids, func, *_ in connection.run_on_commit:
+        if isinstance(func, _Marker) and func.batch is batch:
+            found[func.index] = baseline is None or not set(sids) <= baseline
+    return found
 
 
 def _keep_last(hooks: list[Any], flusher: Callable[[], None]) -> bool:

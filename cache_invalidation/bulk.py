@@ -28,8 +28,9 @@ transaction still publishes one batch, and nothing if it rolls back.
 In autocommit mode each call runs in its own ``atomic()`` (read, write and event commit
 together). Inside the caller's ``atomic()`` it adds no savepoint and, like Django, marks the
 transaction for rollback only when a query failed. Under ``no_invalidation()`` every method is
-Django's own. Not seen: raw SQL and the query-level APIs below the queryset (``_raw_delete``,
-``sql.UpdateQuery``); call :func:`cache_invalidation.invalidate` after those.
+Django's own. ``_raw_delete()`` (Django's fast delete, which sends no signal) is seen for
+many-to-many through tables, the auto-created models Django never sends signals for. Not
+seen: raw SQL and ``sql.UpdateQuery``; call :func:`cache_invalidation.invalidate` after those.
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ from .batching import emit
 from .events import InvalidationEvent
 from .registry import Policy, registry
 from .related import related_invalidations
-from .resolve import changed_fields, foreign_keys, resolve, unknown_foreign_key_tag
+from .resolve import (
+    changed_fields,
+    collection_tag,
+    foreign_keys,
+    resolve,
+    unknown_foreign_key_tag,
+)
 from .rowstates import CHUNK, State
 from .suspend import suspended
 
@@ -327,6 +334,40 @@ class BulkQuerySetMixin:
         finally:
             _deleting.reset(token)
         return result
+
+    def _raw_delete(self, using: str) -> int:
+        """Django's fast delete, which sends no signal, for a many-to-many through table (an
+        auto-created model: Django never sends it any).
+
+        A ``delete()`` of a through queryset (what ``remove()`` and ``clear()`` run, or a
+        user's ``through.objects.filter(...).delete()``) reads the rows' states first and
+        invalidates them as one event, both sides included. When the collector removes them
+        because a side row is deleted, no row is read (that deletion would otherwise cost a
+        SELECT a batch): the through table's collection and coarse tags are invalidated, which
+        every entry that read the table carries, if any row was deleted.
+        """
+        base: Any = super()
+        model = self.model
+        policy = registry.get(model)
+        if policy is None or suspended() or not model._meta.auto_created:
+            return base._raw_delete(using)
+        deletion = _deleting.get()
+        gathering = _Gathering(policy, using)
+        with _own_transaction(using):
+            if deletion is not None and deletion.origin.model is model:
+                fields = rowstates.watched(policy)
+                for state in self.values(*fields).iterator():  # type: ignore[attr-defined]
+                    gathering.add(state, None, None)
+                deleted = int(base._raw_delete(using))
+            else:
+                deleted = int(base._raw_delete(using))
+                if deleted:
+                    label = policy.label
+                    gathering.merge(
+                        [collection_tag(label), unknown_foreign_key_tag(label)], (), rows=deleted
+                    )
+            gathering.emit("bulk_deleted")
+        return deleted
 
 
 @contextmanager

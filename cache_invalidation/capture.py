@@ -1,27 +1,30 @@
 """Automatic dependency capture: what a cached value read, it is tagged with.
 
 While ``tagged_cache.get_or_set``, ``@cached`` or ``{% cachetagged %}`` computes a value, a
-capture is active in the current context. Every instance of a declared model that is loaded
-adds its instance tag (``"shop.Product:7"``); every queryset of a declared model that is
-evaluated adds the collection tag of each declared model it reads (``"shop.Product:*"``),
-with two narrower cases for the queryset's own model:
+capture is active in the current context. Two sources feed it:
 
-* a query whose only conditions are ``pk=`` / ``pk__in=`` adds the instance tags of the keys
-  asked for (so a later create of that key counts too);
+:func:`on_execute`, an execute wrapper on every database connection, sees each statement
+after Django compiled it (joins, subqueries, combined queries, ``extra()``, raw SQL) and
+records the collection tag of every declared table it names (see :mod:`.tables`). Every row
+a computation loads came from such a statement, so instances add nothing of their own.
+
+For a queryset of a declared model, :class:`CaptureQuerySetMixin` hands its statement a
+:class:`Narrow`: instead of its own model's collection tag,
+
+* a query whose only conditions are ``pk=`` / ``pk__in=`` records the instance tags of the keys
+  asked for (``"shop.Product:7"``) (so a later create of that key counts too);
 * a query whose top-level ``WHERE`` is an ``AND`` holding an equality on one of the model's
   foreign-key columns (``filter(product_id=5)``, ``filter(product=obj)``, ``product__pk=5``,
-  a related manager such as ``product.reviews``) adds that value's foreign-key tag
-  (``"shop.Review:product_id=5"``) instead of the model's collection tag; ``__in`` with at
-  most :data:`MAX_IN_VALUES` values adds one tag per value. See :func:`foreign_key_condition`
-  for what falls back to the collection tag.
+  a related manager such as ``product.reviews``) records that value's foreign-key tag
+  (``"shop.Review:product_id=5"``); ``__in`` with at most :data:`MAX_IN_VALUES` values adds one
+  tag per value. See :func:`foreign_key_condition` for what falls back to the collection tag.
 
-Models joined by the query keep their collection tags. Saves of declared models invalidate
-these automatic tags as well as the declared ones (see :mod:`.resolve`), foreign-key tags for
-the old and the new value of every foreign key.
+A narrow applies only if the statement reads the model's table once (no self-join, subquery
+or second part of a combined query reads other rows of it). Saves of declared models
+invalidate these automatic tags as well as the declared ones (see :mod:`.resolve`).
 
 Captures nest: what an inner computation read is also a dependency of the outer one. Opt out
-per call with ``capture=False``. Only declared models are seen: querysets of undeclared models,
-subqueries and raw SQL are not.
+per call with ``capture=False``. Tables of undeclared models are not tracked.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ from django.db.models.lookups import Exact, In, Lookup
 from django.db.models.sql.query import Query
 from django.db.models.sql.where import WhereNode
 
-from .resolve import auto_labels, collection_tag, foreign_key_tag, instance_tag, key_text
+from . import tables
+from .registry import registry
+from .resolve import auto_labels, foreign_key_tag, instance_tag, key_text
+from .tables import TableIndex
 
 MAX_IN_VALUES = 50
 """A ``<foreign key>__in=[...]`` condition with more values than this is not narrowed."""
@@ -69,41 +75,98 @@ def record(tags: Any) -> None:
         stack[-1].update(tags)
 
 
-def record_instance(instance: models.Model) -> None:
-    if _active.get() and instance.pk is not None:
-        record(instance_tag(label, instance.pk) for label in auto_labels(type(instance)))
+class Narrow:
+    """Tags narrower than the collection tag for the next statement a queryset sends.
+
+    ``tags`` stand for the rows of the ``covers`` tables that statement reads, provided each of
+    those tables is a row source exactly once in it (no self-join, subquery or second part of
+    a combined query reads other rows of it); every other declared table it names adds its
+    collection tags.
+    """
+
+    __slots__ = ("covers", "tags")
+
+    def __init__(self, covers: frozenset[str], tags: list[str]) -> None:
+        self.covers = covers
+        self.tags = tags
 
 
-def queryset_tags(queryset: models.QuerySet) -> list[str]:
-    """The automatic tags a queryset's result depends on."""
-    from .registry import registry
+_narrow: ContextVar[Narrow | None] = ContextVar("cache_invalidation_narrow", default=None)
 
+
+def narrow_for(queryset: models.QuerySet) -> Narrow | None:
+    """What a queryset of a declared model may record instead of its model's collection tag:
+    the instance tags of the keys of a ``pk=``/``pk__in=`` lookup, or the foreign-key tags of
+    :func:`foreign_key_condition`. None when the collection tag is what it depends on."""
     model = queryset.model
     query = queryset.query
+    if query.combinator:
+        return None  # every part is a query of its own: the statement's tables decide
+    concrete = model._meta.concrete_model or model
+    labels = auto_labels(model)
     pks = _pk_lookup(query, model)
     if pks is not None and not query.annotations:
-        return [instance_tag(label, pk) for label in auto_labels(model) for pk in pks]
-    own, *parents = auto_labels(model)
+        tables = frozenset(m._meta.db_table for m in (concrete, *concrete._meta.get_parent_list()))
+        return Narrow(tables, [instance_tag(label, pk) for label in labels for pk in pks])
     condition = foreign_key_condition(queryset)
     if condition is None:
-        tags = [collection_tag(own)]
-    else:
-        attname, texts = condition
-        tags = [foreign_key_tag(own, attname, text) for text in texts]
-    # A multi-table child's query reads its parents' rows too, by join.
-    tags.extend(collection_tag(label) for label in parents)
-    # Joins trimmed away (a filter on category=obj uses the key column) keep refcount 0.
-    tables = {
-        entry.table_name
-        for alias, entry in query.alias_map.items()
-        if query.alias_refcount.get(alias, 0) > 0
-    }
-    concrete = model._meta.concrete_model
-    for other in registry.policies:
-        # Proxies share the model's table: a self-join already kept the collection tag.
-        if other._meta.db_table in tables and other._meta.concrete_model is not concrete:
-            tags.extend(collection_tag(label) for label in auto_labels(other))
-    return list(dict.fromkeys(tags))
+        return None
+    attname, texts = condition
+    own = labels[0]
+    return Narrow(
+        frozenset([concrete._meta.db_table]),
+        [foreign_key_tag(own, attname, text) for text in texts],
+    )
+
+
+@contextmanager
+def narrowing(queryset: models.QuerySet) -> Iterator[None]:
+    """Let the next statement sent in this block record ``queryset``'s narrow tags."""
+    token = _narrow.set(narrow_for(queryset))
+    try:
+        yield
+    finally:
+        _narrow.reset(token)
+
+
+def statement_tags(sql: str) -> list[str]:
+    """The tags a statement sent while capturing records (and the narrow it consumes)."""
+    index = table_index()
+    mentions = index.scan(sql)
+    narrow = _narrow.get()
+    if narrow is not None:
+        _narrow.set(None)  # only the queryset's own statement, not what follows it
+        if all(mentions.sources.get(t, 0) == 1 for t in narrow.covers & mentions.tables):
+            return [*narrow.tags, *index.tags(mentions.tables - narrow.covers)]
+    return index.tags(mentions.tables)
+
+
+def on_execute(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    """Execute wrapper on every connection: while capturing, the statement's tables count."""
+    if _active.get():
+        record(statement_tags(sql))
+    return execute(sql, params, many, context)
+
+
+def watch_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
+    """Put :func:`on_execute` on ``connection`` (``connection_created`` receiver; idempotent).
+
+    It goes first in ``execute_wrappers``, so the ``pop()`` that ends a user's own
+    ``connection.execute_wrapper()`` block still removes the user's wrapper."""
+    if connection is not None and on_execute not in connection.execute_wrappers:
+        connection.execute_wrappers.insert(0, on_execute)
+
+
+_index: tuple[Any, TableIndex] | None = None
+
+
+def table_index() -> TableIndex:
+    """The table index of the current registry (rebuilt when its policies are replaced)."""
+    global _index
+    policies = registry.policies
+    if _index is None or _index[0] is not policies:
+        _index = (policies, tables.build(policies))
+    return _index[1]
 
 
 def foreign_key_condition(queryset: models.QuerySet) -> tuple[str, list[str]] | None:
@@ -250,29 +313,30 @@ def _pk_lookup(query: Any, model: type[models.Model]) -> list[Any] | None:
 
 
 class CaptureQuerySetMixin:
-    """Reports the dependencies of evaluated querysets to the active capture."""
+    """Lets the statement of an evaluated queryset record its narrow tags (see :class:`Narrow`);
+    the statement itself, whatever model it is for, is seen by :func:`on_execute`."""
 
     def _fetch_all(self) -> None:
         if self._result_cache is None and _active.get():  # type: ignore[attr-defined]
-            record(queryset_tags(self))  # type: ignore[arg-type]
-        super()._fetch_all()  # type: ignore[misc]
-
-    def iterator(self, *args: Any, **kwargs: Any) -> Any:
-        if _active.get():
-            record(queryset_tags(self))  # type: ignore[arg-type]
-        return super().iterator(*args, **kwargs)  # type: ignore[misc]
+            with narrowing(self):  # type: ignore[arg-type]
+                super()._fetch_all()  # type: ignore[misc]
+        else:
+            super()._fetch_all()  # type: ignore[misc]
 
     def aggregate(self, *args: Any, **kwargs: Any) -> Any:
         if _active.get():
-            record(queryset_tags(self))  # type: ignore[arg-type]
+            with narrowing(self):  # type: ignore[arg-type]
+                return super().aggregate(*args, **kwargs)  # type: ignore[misc]
         return super().aggregate(*args, **kwargs)  # type: ignore[misc]
 
     def count(self) -> int:
         if self._result_cache is None and _active.get():  # type: ignore[attr-defined]
-            record(queryset_tags(self))  # type: ignore[arg-type]
+            with narrowing(self):  # type: ignore[arg-type]
+                return super().count()  # type: ignore[misc]
         return super().count()  # type: ignore[misc]
 
     def exists(self) -> bool:
         if self._result_cache is None and _active.get():  # type: ignore[attr-defined]
-            record(queryset_tags(self))  # type: ignore[arg-type]
+            with narrowing(self):  # type: ignore[arg-type]
+                return super().exists()  # type: ignore[misc]
         return super().exists()  # type: ignore[misc]

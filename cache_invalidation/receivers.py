@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import models
+from django.db import models, router, transaction
 
 from . import bulk
 from .batching import emit
-from .capture import record_instance
 from .events import InvalidationEvent
 from .registry import Policy, registry
 from .related import related_invalidations
@@ -42,7 +41,6 @@ def on_post_init(sender: type[models.Model], instance: models.Model, **kwargs: A
     policy = registry.get(sender)
     if policy is not None:
         remember(instance, policy)
-        record_instance(instance)
 
 
 def _pk_assigned_by_database(field: models.Field) -> bool:
@@ -72,8 +70,10 @@ def on_pre_save(
     sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any
 ) -> None:
     policy = registry.get(sender)
-    if raw or policy is None or suspended():
+    if policy is None or suspended():
         return
+    # A raw save (loaddata) is handled from the row's own fields alone: the old state is read
+    # with one query by key, and nothing related to the instance is looked at.
     instance.__dict__[PENDING] = old_state(instance, policy, using)
 
 
@@ -91,7 +91,7 @@ def on_post_save(
     old = data.pop(PENDING, None)
     if policy is None:
         return
-    if raw or suspended():
+    if suspended():
         remember(instance, policy)  # no event, but later saves must start from this state
         return
     current = {a: data[a] for a in policy.tracked if a in data}
@@ -271,6 +271,45 @@ def _event(
         keys=keys,
         changed_fields=changed,
     )
+
+
+def send_write_signals(model: type[models.Model]) -> None:
+    """Run the save and delete receivers for an auto-created model (a many-to-many through
+    table), for which Django sends no ``pre_save``/``post_save``/``pre_delete``/``post_delete``.
+
+    ``through.objects.create()`` and a through row's ``save()``/``delete()`` then invalidate
+    like any declared row (both sides through the policy's relations). Its deletions by
+    queryset and by the collector are Django's fast deletes, seen by the queryset's
+    ``_raw_delete`` (see :mod:`.bulk`); for those the delete receivers stay unconnected, so
+    Django keeps deleting through rows without loading them one by one.
+    """
+    if not model._meta.auto_created or getattr(model, "_cache_invalidation_signals", False):
+        return
+    save_base = model.save_base
+    delete = model.delete
+
+    def save_base_with_signals(self: models.Model, *args: Any, **kwargs: Any) -> Any:
+        sender = type(self)
+        raw = bool(kwargs.get("raw", False))
+        using = kwargs.get("using") or router.db_for_write(sender, instance=self)
+        adding = self._state.adding
+        on_pre_save(sender, self, raw, using)
+        result = save_base(self, *args, **kwargs)
+        on_post_save(sender, self, adding, raw, using, kwargs.get("update_fields"))
+        return result
+
+    def delete_with_signals(self: models.Model, *args: Any, **kwargs: Any) -> Any:
+        sender = type(self)
+        using = kwargs.get("using") or router.db_for_write(sender, instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            on_pre_delete(sender, self, using)
+            result = delete(self, *args, **kwargs)
+            on_post_delete(sender, self, using)
+        return result
+
+    model.save_base = save_base_with_signals  # type: ignore[method-assign]
+    model.delete = delete_with_signals  # type: ignore[method-assign]
+    model._cache_invalidation_signals = True  # type: ignore[attr-defined]
 
 
 def wrap_refresh_from_db(model: type[models.Model]) -> None:

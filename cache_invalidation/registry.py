@@ -43,6 +43,9 @@ class Relation:
     target: type[models.Model]
     attname: str
     forward: bool
+    #: Field names of the target that count as changed (a many-to-many through row names the
+    #: relation on each side, so ``on_fields`` rules on it apply as for ``m2m_changed``).
+    changed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class Policy:
     names: Mapping[str, str] = field(default_factory=dict)  # attname -> field name
     related: tuple[Relation, ...] = ()
     auto_tracked: tuple[str, ...] = ()
+    #: True for a model that declares nothing but whose rows declared models read or share (see
+    #: :func:`implicit_policies`): it has the automatic tags only.
+    implicit: bool = False
 
     @property
     def label(self) -> str:
@@ -132,7 +138,87 @@ def build(model_list: Iterable[type[models.Model]]) -> Registry:
         if merged:
             result.policies[model] = _track_foreign_keys(_merge(model, merged))
     result.problems.extend(_relation_problems(result.policies))
+    result.policies.update(implicit_policies(result.policies, own))
     return result
+
+
+def implicit_policies(
+    policies: Mapping[type[models.Model], Policy],
+    own: Mapping[type[models.Model], tuple[Policy | None, bool]],
+) -> dict[type[models.Model], Policy]:
+    """Policies for undeclared models whose writes change what declared models read.
+
+    * The concrete model behind a declared proxy, and the concrete parents of a declared
+      multi-table child: the same table, so a write through them changes the declared rows.
+      A concrete model takes the declarations of its declared proxies.
+    * The through model (auto-created or explicit) of a many-to-many relation with a declared
+      side: its rows are read by every query across the relation, and written by related
+      managers, ``through.objects`` and the deletion of either side. Each declared side is a
+      :class:`Relation` whose changed field is the relation, as for ``m2m_changed``.
+
+    A broken declaration stays without a policy (its problems are reported instead).
+    """
+    found: dict[type[models.Model], Policy] = {}
+    proxies: dict[type[models.Model], list[Policy]] = {}
+    for model, policy in policies.items():
+        concrete = model._meta.concrete_model or model
+        if model._meta.proxy and not policy.implicit:
+            proxies.setdefault(concrete, []).append(policy)
+        for ancestor in (concrete, *concrete._meta.get_parent_list()):
+            if ancestor not in policies and not (own.get(ancestor) or (None, False))[1]:
+                proxies.setdefault(ancestor, [])
+    for model, declared in proxies.items():
+        if model in policies:
+            continue
+        base = _merge(model, declared) if declared else _empty(model)
+        found[model] = _track_foreign_keys(replace(base, model=model, implicit=True))
+    every = {**policies, **found}
+    for model in list(every):
+        for f in model._meta.local_many_to_many:
+            _through_policy(f, every, found)
+        for rel in model._meta.related_objects:
+            if rel.many_to_many and isinstance(rel.field, models.ManyToManyField):
+                _through_policy(rel.field, every, found)
+    return found
+
+
+def _empty(model: type[models.Model]) -> Policy:
+    return Policy(model=model, tags=(), keys=(), on_fields=(), tracked=())
+
+
+def _through_policy(
+    field: models.ManyToManyField,
+    every: Mapping[type[models.Model], Policy],
+    found: dict[type[models.Model], Policy],
+) -> None:
+    through: Any = field.remote_field.through
+    if not (isinstance(through, type) and issubclass(through, models.Model)):
+        return
+    if through in every or through in found:
+        return
+    sides: tuple[tuple[Any, str, str], ...] = (
+        (field.model, field.m2m_field_name(), field.name),
+        (
+            field.remote_field.model,
+            field.m2m_reverse_field_name(),
+            field.remote_field.get_accessor_name() or field.related_query_name(),
+        ),
+    )
+    relations = tuple(
+        Relation(
+            name=through._meta.get_field(fk_name).name,
+            target=target,
+            attname=through._meta.get_field(fk_name).attname,
+            forward=True,
+            changed=(changed,),
+        )
+        for target, fk_name, changed in sides
+        if isinstance(target, type) and target in every and not every[target].implicit
+    )
+    if relations:
+        found[through] = _track_foreign_keys(
+            replace(_empty(through), related=relations, implicit=True)
+        )
 
 
 def _relation_problems(policies: dict[type[models.Model], Policy]) -> list[Problem]:

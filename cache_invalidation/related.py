@@ -47,8 +47,11 @@ def related_invalidations(
                 _rows(target_policy, using, **{f"{relation.attname}__in": owners}) if owners else []
             )
         for row in rows:
-            # The related row itself did not change: its always-on tags and keys apply.
-            row_tags, row_keys = resolve(target_policy, row, None, (), automatic=False)
+            # The related row itself did not change (its always-on tags and keys apply), or only
+            # its side of a many-to-many relation did (``relation.changed``).
+            row_tags, row_keys = resolve(
+                target_policy, row, None, relation.changed, automatic=False
+            )
             tags.update(dict.fromkeys(row_tags))
             keys.update(dict.fromkeys(row_keys))
         deeper_tags, deeper_keys = related_invalidations(target_policy, rows, using, depth - 1)

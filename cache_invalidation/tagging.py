@@ -19,7 +19,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from . import recorder
+from . import batching, recorder
 from .backends import MISSING, Backend, Lookup
 from .bookkeeping import Bookkeeping
 
@@ -261,6 +261,7 @@ class TaggedCache:
         capture: bool,
         keep_stale: bool,
     ) -> Any:
+        mark = batching.emitted_so_far()
         try:
             with _capture_if(capture) as captured:
                 value = default() if callable(default) else default
@@ -268,7 +269,7 @@ class TaggedCache:
             if lease:
                 self.backend.release(key, lease)
             raise
-        self._store_computed(key, value, tags, captured, timeout, since, lease, keep_stale)
+        self._store_computed(key, value, tags, captured, timeout, since, lease, keep_stale, mark)
         record_outer(tags)
         return value
 
@@ -282,8 +283,17 @@ class TaggedCache:
         since: int,
         lease: str | None,
         keep_stale: bool,
+        mark: int | None = None,
     ) -> bool:
+        """Store a computed value, unless it may hold uncommitted rows (``mark``: see
+        :func:`.batching.reads_uncommitted`); then it is only returned to its caller."""
         all_tags = _with_coarse(tags + sorted(captured.difference(tags)))
+        if mark is not None and batching.reads_uncommitted(all_tags, mark):
+            if lease:
+                self.backend.release(key, lease)
+            recorder.read(self, key, False, all_tags)
+            recorder.write(self, key, all_tags, 0, False)
+            return False
         stale_ttl = int(_config()["STALE_TTL"]) if keep_stale else 0
         ttl = self._timeout(timeout)
         stored = self.backend.store(key, value, all_tags, ttl, since, lease, stale_ttl)

@@ -106,3 +106,81 @@ class Episode(models.Model):
 
     class Meta:
         cache_invalidation = {"tags": ["episode:{pk}"]}
+
+
+# The capture scenarios (tests/test_capture_tables.py): joins the compiler adds, combined and
+# sub-queries, many-to-many through tables (auto-created and explicit), a declared proxy over
+# an undeclared concrete model, fixtures.
+
+
+class Owner(models.Model):
+    username = models.CharField(max_length=50)
+
+    class Meta:
+        cache_invalidation = {"tags": ["owner:{pk}"]}
+
+
+class Item(models.Model):
+    owner = models.ForeignKey(Owner, on_delete=models.CASCADE, related_name="items")
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        ordering = ["pk"]
+        cache_invalidation = {"tags": ["item:{pk}"]}
+
+
+class Card(models.Model):
+    """A reverse one-to-one of Owner."""
+
+    owner = models.OneToOneField(Owner, on_delete=models.CASCADE, related_name="card")
+    number = models.CharField(max_length=20)
+
+    class Meta:
+        cache_invalidation = {"tags": ["card:{pk}"]}
+
+
+class Label(models.Model):
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        ordering = ["pk"]
+        cache_invalidation = {"tags": ["label:{pk}"]}
+
+
+class Brand(models.Model):
+    name = models.CharField(max_length=50)
+    labels = models.ManyToManyField(Label, related_name="brands", blank=True)
+
+    class Meta:
+        cache_invalidation = {"tags": ["brand:{pk}"], "on_fields": {"labels": ["brand:{pk}:labels"]}}
+
+
+class Course(models.Model):
+    title = models.CharField(max_length=50)
+    students = models.ManyToManyField(Owner, through="Enrollment", related_name="courses")
+
+    class Meta:
+        cache_invalidation = {
+            "tags": ["course:{pk}"],
+            "on_fields": {"students": ["course:{pk}:students"]},
+        }
+
+
+class Enrollment(models.Model):
+    """An explicit through model that declares nothing."""
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE)
+    owner = models.ForeignKey(Owner, on_delete=models.CASCADE)
+    grade = models.IntegerField(default=0)
+
+
+class Widget(models.Model):
+    """Undeclared: its declared proxy is what the cache reads through."""
+
+    name = models.CharField(max_length=50)
+
+
+class TrackedWidget(Widget):
+    class Meta:
+        proxy = True
+        cache_invalidation = {"tags": ["widget:{pk}"]}
