@@ -208,7 +208,7 @@ def _through_policy(
         Relation(
             name=through._meta.get_field(fk_name).name,
             target=target,
-            attname=through._meta.get_field(fk_name).attname,
+            attname=getattr(through._meta.get_field(fk_name), "attname", fk_name + "_id"),
             forward=True,
             changed=(changed,),
         )
