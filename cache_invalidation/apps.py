@@ -33,6 +33,7 @@ class CacheInvalidationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core.signals import setting_changed
         from django.db import connections
         from django.db.backends.signals import connection_created
 
@@ -48,6 +49,17 @@ class CacheInvalidationConfig(AppConfig):
         connection_created.connect(capture.watch_connection, dispatch_uid="ci.capture")
         for connection in connections.all(initialized_only=True):
             capture.watch_connection(connection=connection)
+        setting_changed.connect(_reinstall, dispatch_uid="ci.reinstall")
+
+
+def _reinstall(setting: str, **kwargs: Any) -> None:
+    """After the app registry's caches were cleared (``override_settings(INSTALLED_APPS=...)``
+    enters or leaves), models hand out fresh copies of their managers and a new
+    ``_base_manager``: give those the invalidating queryset class again."""
+    if setting == "INSTALLED_APPS":
+        from . import registry
+
+        connect(registry.registry.policies)
 
 
 def connect(policies: dict[Any, Any]) -> None:

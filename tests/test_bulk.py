@@ -598,3 +598,16 @@ def test_django_errors_are_unchanged_and_leave_the_transaction_usable(shop, reco
         other.name = "still fine"
         other.save()
     assert [e.type for e in recorder.events] == ["shop.Product.updated"]
+
+
+def test_bulk_writes_invalidate_after_the_app_registry_was_reloaded(shop, recorder):
+    # override_settings(INSTALLED_APPS=...) clears the app registry's caches, and models then
+    # hand out fresh manager copies and a new _base_manager: they must invalidate still.
+    from django.conf import settings as django_settings
+    from django.test import override_settings
+
+    _, _, _, products, _ = shop
+    with override_settings(INSTALLED_APPS=[*django_settings.INSTALLED_APPS]):
+        pass
+    Product.objects.filter(pk=products[0].pk).update(price=Decimal("9.00"))
+    assert f"product:{products[0].pk}" in recorder.tags
