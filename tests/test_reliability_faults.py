@@ -526,6 +526,9 @@ def test_broker_restarted_while_the_worker_runs(settings, celery_app, tmp_path, 
             rename(products[2], "p2 v1")  # after: waits in the queue for the reconnect
             assert wait_for(lambda: worker_cache.get(page_key(products[2].pk)) is None,
                             timeout=TIMEOUT), worker.log()
+            # The entry is gone inside the task; its "succeeded" line is logged just after.
+            assert wait_for(lambda: worker.log().count("succeeded in") == 2,
+                            timeout=TIMEOUT), worker.log()
             assert worker.process.poll() is None  # the same worker, reconnected
         [letter] = DeadLetter.objects.all()
         assert letter.reason == "publish_failed"
