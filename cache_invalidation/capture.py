@@ -132,13 +132,13 @@ def narrowing(queryset: models.QuerySet) -> Iterator[None]:
 def statement_tags(sql: str) -> list[str]:
     """The tags a statement sent while capturing records (and the narrow it consumes)."""
     index = table_index()
-    mentions = index.scan(sql)
+    tables = index.tables(sql)
     narrow = _narrow.get()
     if narrow is not None:
         _narrow.set(None)  # only the queryset's own statement, not what follows it
-        if all(mentions.sources.get(t, 0) == 1 for t in narrow.covers & mentions.tables):
-            return [*narrow.tags, *index.tags(mentions.tables - narrow.covers)]
-    return index.tags(mentions.tables)
+        if all(index.sources(sql, t) == 1 for t in narrow.covers & tables):
+            return [*narrow.tags, *index.tags(tables - narrow.covers)]
+    return index.tags(tables)
 
 
 def on_execute(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:

@@ -18,25 +18,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from django.db import models
 
 from .resolve import collection_tag
 
-#: A table name as SQL spells it: bare, "quoted", `backticked` or [bracketed], not part of a
-#: longer identifier. What follows tells a column reference ("t"."col") from a row source.
-_EDGE_BEFORE = r"(?<![\w$])[\"`\[]?"
-_EDGE_AFTER = r"[\"`\]]?(?![\w$])"
-
-
-@dataclass(frozen=True)
-class Mentions:
-    """The declared tables a statement names: every one, and how often each is a row source
-    (named in ``FROM``/``JOIN``, not as the qualifier of a column)."""
-
-    tables: frozenset[str]
-    sources: dict[str, int]
+_WORD = re.compile(r"[\w$]+")
+"""An identifier: table names are found among a statement's words (one C-level pass)."""
 
 
 class TableIndex:
@@ -44,29 +32,28 @@ class TableIndex:
 
     def __init__(self, tags_by_table: dict[str, tuple[str, ...]]) -> None:
         self.tags_by_table = tags_by_table
-        self._lower = {name.lower(): name for name in tags_by_table}
-        names = sorted(self._lower, key=len, reverse=True)  # the longest name first
-        self._pattern = (
-            re.compile(
-                _EDGE_BEFORE + "(" + "|".join(re.escape(n) for n in names) + ")" + _EDGE_AFTER,
-                re.IGNORECASE,
-            )
-            if names
-            else None
-        )
+        self._by_lower = {name.lower(): name for name in tags_by_table}
+        self._known = frozenset(n for n in self._by_lower if _WORD.fullmatch(n))
+        # A name that is not one word ("schema"."table", a dash): looked for as text.
+        self._odd = tuple(n for n in self._by_lower if n not in self._known)
+        self._sources: dict[str, re.Pattern[str]] = {}
 
-    def scan(self, sql: str) -> Mentions:
-        if self._pattern is None or not sql:
-            return Mentions(frozenset(), {})
-        tables: set[str] = set()
-        sources: dict[str, int] = {}
-        for match in self._pattern.finditer(sql):
-            table = self._lower[match.group(1).lower()]
-            tables.add(table)
-            rest = sql[match.end() : match.end() + 8].lstrip()
-            if not rest.startswith("."):  # "t"."col" qualifies a column of a source
-                sources[table] = sources.get(table, 0) + 1
-        return Mentions(frozenset(tables), sources)
+    def tables(self, sql: str) -> frozenset[str]:
+        """The declared tables ``sql`` names (bare, "quoted", `backticked` or [bracketed])."""
+        low = sql.lower()
+        found = set(self._known.intersection(_WORD.findall(low)))
+        found.update(name for name in self._odd if name in low)
+        return frozenset(self._by_lower[name] for name in found)
+
+    def sources(self, sql: str, table: str) -> int:
+        """How often ``sql`` names ``table`` as a row source (in ``FROM``/``JOIN``, a
+        subquery or another part of a combined query), not as a column's qualifier."""
+        pattern = self._sources.get(table)
+        if pattern is None:
+            pattern = self._sources[table] = re.compile(
+                r"(?<![\w$])[\"`\[]?" + re.escape(table.lower()) + r"(?![\w$])(?![\"`\]]?\s*\.)"
+            )
+        return len(pattern.findall(sql.lower()))
 
     def tags(self, tables: Iterable[str]) -> list[str]:
         found: dict[str, None] = {}

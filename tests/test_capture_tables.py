@@ -463,3 +463,15 @@ def test_under_testcase_the_tests_own_writes_are_the_baseline():
         rename(owner, "inner")()
         tagged_cache.get_or_set("inner", lambda: Owner.objects.get(pk=owner.pk).username)
         assert tagged_cache.get("inner") is None
+
+
+def test_the_table_index_finds_names_however_sql_spells_them():
+    from cache_invalidation.tables import TableIndex
+
+    index = TableIndex({"shop_item": ("a",), "shop_item_tags": ("b",), 'sch"."odd-name': ("c",)})
+    sql = 'SELECT "shop_item"."id" FROM "shop_item" JOIN `SHOP_ITEM_TAGS` T2 ON x'
+    assert index.tables(sql) == {"shop_item", "shop_item_tags"}
+    assert index.sources(sql, "shop_item") == 1  # the FROM; "shop_item"."id" qualifies a column
+    assert index.sources(sql + " UNION SELECT id FROM shop_item", "shop_item") == 2
+    assert index.tables('SELECT 1 FROM "sch"."odd-name"') == {'sch"."odd-name'}
+    assert index.tables("SELECT shop_items FROM x") == frozenset()  # part of a longer word
