@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from ... import outbox
+from ..options import database, positive_int, seconds
 
 
 class Command(BaseCommand):
@@ -49,10 +50,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        limit = options["limit"]
-        if limit <= 0:
-            raise CommandError(f"--limit must be a positive number, got {limit}.", returncode=2)
-        using = options["database"]
+        limit = positive_int("--limit", options["limit"])
+        seconds("--interval", options["interval"])
+        using = database(options["database"])
         if options["dry_run"]:
             pending = outbox.backlog(using)
             if options["json"]:

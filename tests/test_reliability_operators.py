@@ -1,0 +1,124 @@
+"""A careless operator: values no command or form should turn into a traceback, and pattern
+confirmations that must not reach further than their preview.
+
+Everything runs the real commands (``call_command``) and the real admin page against the
+suite's Redis and database (SQLite, or PostgreSQL with ``DATABASE_URL``, where a NUL character
+in a text column is an error of the database itself).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+
+from cache_invalidation.models import ManualInvalidation
+from tests.faults import row
+
+pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
+
+PAGE = "/admin/cache_invalidation/manualinvalidation/invalidate/"
+
+
+@pytest.fixture
+def operator(client: Client) -> User:
+    user = User.objects.create_user("ops", password="pw", is_staff=True)
+    for codename in ("invalidate_cache", "view_manualinvalidation"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    return user
+
+
+# -- values that used to raise a traceback ----------------------------------------------------
+@row(
+    "A NUL character (\\x00) in the admin form's tags, keys, pattern or primary key (issue 13, 10)",
+    "POST the manual invalidation form with a NUL in one field (PostgreSQL refuses NUL in text "
+    "and jsonb); ``invalidate_cache --tag/--pattern/--pk`` with a NUL through call_command",
+    "a form error naming the field (no 500) and a refused audit row with the NUL written as "
+    "\\x00; the command exits 2 naming the field",
+)
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"tags": "shelf\x00"},
+        {"keys": "a\x00b"},
+        {"pattern": "report:\x00*"},
+        {"model": "shop.Product", "pk": "1\x00"},
+    ],
+    ids=["tags", "keys", "pattern", "pk"],
+)
+def test_a_nul_character_is_a_form_error_and_an_audit_row(client, operator, form):
+    response = client.post(PAGE, {**form, "_invalidate": "1"})
+    assert response.status_code == 200
+    field = next(iter(form)) if "pk" not in form else "pk"
+    assert response.context["form"].errors[field] == ["Null characters are not allowed."]
+    audit = ManualInvalidation.objects.get()
+    assert audit.status == "refused" and audit.error == "Null characters are not allowed."
+    stored = {"tags": audit.tags, "keys": audit.keys, "pattern": audit.pattern,
+              "pk": audit.object_pk}[field]
+    assert "\\x00" in str(stored) and "\x00" not in str(stored)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"tags": ["shelf\x00"]}, "tags"), ({"pattern": "report:\x00*"}, "pattern"),
+     ({"model": "shop.Product", "pk": "1\x00"}, "pk")],
+    ids=["tags", "pattern", "pk"],
+)
+def test_a_nul_character_in_invalidate_cache_exits_2(options, field):
+    with pytest.raises(CommandError) as info:
+        call_command("invalidate_cache", stdout=io.StringIO(), no_input=True, **options)
+    assert info.value.returncode == 2
+    assert str(info.value) == (
+        f"The {field} field holds a NUL character (\\x00); no cache key, tag or database row "
+        "can hold one. Remove it."
+    )
+    audit = ManualInvalidation.objects.get()
+    assert audit.status == "refused" and "\x00" not in audit.error
+
+
+BIG = str(2**64)
+
+
+@row(
+    "Out-of-range command options (issue 13, 10)",
+    "``replay_dead_letters --older-than 9999999999d`` / ``999999999d`` / ``--id 2**64`` / "
+    "``--limit 2**64``; ``relay_outbox --interval -5 --loop``, ``--interval nan``/``inf``, "
+    "``--limit 2**64``, ``--database nope``",
+    "exit code 2 and a message naming the option and the bad value; no traceback, nothing "
+    "replayed or relayed",
+)
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [
+        ("replay_dead_letters", ["--older-than", "9999999999d"],
+         "--older-than '9999999999d' reaches before the year 1; give a shorter duration."),
+        ("replay_dead_letters", ["--older-than", "999999999d"],
+         "--older-than '999999999d' reaches before the year 1; give a shorter duration."),
+        ("replay_dead_letters", ["--id", BIG],
+         f"--id must be a positive number up to {2**63 - 1}, got {BIG}."),
+        ("replay_dead_letters", ["--all", "--limit", BIG],
+         f"--limit must be a positive number up to {2**63 - 1}, got {BIG}."),
+        ("relay_outbox", ["--interval", "-5", "--loop"],
+         "--interval must be a number of seconds above 0 and at most 86400, got -5.0."),
+        ("relay_outbox", ["--interval", "nan", "--loop"],
+         "--interval must be a number of seconds above 0 and at most 86400, got nan."),
+        ("relay_outbox", ["--interval", "inf", "--loop"],
+         "--interval must be a number of seconds above 0 and at most 86400, got inf."),
+        ("relay_outbox", ["--limit", BIG],
+         f"--limit must be a positive number up to {2**63 - 1}, got {BIG}."),
+        ("relay_outbox", ["--database", "nope"],
+         "--database 'nope' is not a database alias; choose one of: default, other."),
+    ],
+    ids=["older-than-overflow", "older-than-before-year-1", "id", "replay-limit",
+         "negative-interval", "nan-interval", "inf-interval", "relay-limit", "database"],
+)
+def test_out_of_range_options_exit_2_naming_the_value(command, argv, message):
+    with pytest.raises(CommandError) as info:
+        call_command(command, *argv, stdout=io.StringIO(), stderr=io.StringIO())
+    assert info.value.returncode == 2
+    assert str(info.value) == message
