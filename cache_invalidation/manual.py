@@ -209,7 +209,7 @@ def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str =
             done.append(f"Pattern not deleted: {refusal}")
         else:
             try:
-                count = plan.pattern.delete()
+                count = plan.pattern.delete(preview.keys)
             except Exception as exc:
                 outcome.status, outcome.error = Status.FAILED, f"{type(exc).__name__}: {exc}"
                 done.append(

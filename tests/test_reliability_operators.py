@@ -9,9 +9,12 @@ in a text column is an error of the database itself).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
@@ -122,3 +125,77 @@ def test_out_of_range_options_exit_2_naming_the_value(command, argv, message):
         call_command(command, *argv, stdout=io.StringIO(), stderr=io.StringIO())
     assert info.value.returncode == 2
     assert str(info.value) == message
+
+
+# -- pattern deletion: a confirmation reaches no further than its preview ---------------------
+@pytest.fixture
+def reports() -> None:
+    for n in (1, 2, 3):
+        cache.set(f"report:{n}", n)
+
+
+def messages_of(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+@row(
+    "Keys added between a pattern's preview and its confirmation; the same confirmation "
+    "posted twice (issue 13, 9)",
+    "the admin page previews ``report:*`` (3 keys), 5,000 matching keys are written, the "
+    "operator confirms; then the same token is posted again after ``report:1`` is written again",
+    "the confirmation deletes the 3 previewed keys and none of the 5,000; the second post "
+    "deletes nothing, says the confirmation was already used and previews again",
+)
+def test_a_confirmation_deletes_only_what_it_previewed_and_only_once(client, operator, reports):
+    form = {"pattern": "report:*", "_invalidate": "1"}
+    preview = client.post(PAGE, form)
+    assert preview.context["preview"]["matched"] == 3
+    token = preview.context["preview"]["token"]
+    cache.set_many({f"report:late:{n}": n for n in range(5000)})
+
+    done = client.post(PAGE, {**form, "confirm": token}, follow=True)
+    assert messages_of(done) == ["Deleted 3 keys matching report:*."]
+    assert [cache.get(f"report:{n}") for n in (1, 2, 3)] == [None, None, None]
+    assert len(cache.get_many([f"report:late:{n}" for n in range(5000)])) == 5000
+    assert ManualInvalidation.objects.filter(status="applied").get().deleted_count == 3
+
+    cache.set("report:1", 1)
+    again = client.post(PAGE, {**form, "confirm": token})
+    assert messages_of(again) == [
+        "This confirmation was already used or its preview expired; check the preview and "
+        "confirm again."]
+    assert again.context["preview"]["matched"] == 5001  # a new preview, to confirm anew
+    assert cache.get("report:1") == 1
+    assert ManualInvalidation.objects.filter(status="applied").count() == 1
+
+
+class _Terminal(io.StringIO):
+    """An operator at a terminal who answers "y" after someone else wrote more keys."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        super().__init__("y\n")
+        self.meanwhile = meanwhile
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self, *args: Any) -> str:
+        self.meanwhile()
+        return super().readline(*args)
+
+
+@row(
+    "Keys added while ``invalidate_cache --pattern`` waits for its y/N answer (issue 13, 9)",
+    "the command previews ``report:*`` (3 keys) and asks; before the answer 200 matching keys "
+    "are written; the operator answers y",
+    "the 3 previewed keys are deleted, the 200 new ones are not; the command says 3",
+)
+def test_invalidate_cache_deletes_only_the_keys_it_asked_about(reports):
+    late = {f"report:late:{n}": n for n in range(200)}
+    out = io.StringIO()
+    call_command("invalidate_cache", pattern="report:*", stdout=out,
+                 stdin=_Terminal(lambda: cache.set_many(late)))
+    assert "Delete 3 key(s) matching 'report:*'" in out.getvalue()
+    assert "Deleted 3 key(s) matching 'report:*'." in out.getvalue()
+    assert cache.get("report:2") is None
+    assert len(cache.get_many(list(late))) == 200
