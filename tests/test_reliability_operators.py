@@ -71,6 +71,32 @@ def test_a_nul_character_is_a_form_error_and_an_audit_row(client, operator, form
     "call_command with a NUL in one option (the shell cannot pass one; a wrapper script can)",
     "exit code 2 naming the field; a refused audit row with the NUL written as \\x00",
 )
+@row(
+    "A NUL character in an admin list's filter or search (issue 13, 10)",
+    "GET the dead-letter, outbox and audit lists with ``?status=%00``, ``?q=%00`` and the like "
+    "(PostgreSQL refuses NUL in text)",
+    "Django's answer to a bad lookup (a redirect to ``?e=1``, then its \"Database error\" page) "
+    "or the list itself; never a 500",
+)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/cache_invalidation/deadletter/?status=%00",
+        "/admin/cache_invalidation/deadletter/?reason=a%00b",
+        "/admin/cache_invalidation/deadletter/?q=%00",
+        "/admin/cache_invalidation/outboxevent/?q%00=1",
+        "/admin/cache_invalidation/manualinvalidation/?status=%00",
+        "/admin/cache_invalidation/manualinvalidation/?source=%00&q=x",
+    ],
+)
+def test_a_nul_character_in_an_admin_list_is_no_500(client, url):
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    response = client.get(url, follow=True)
+    assert response.status_code == 200
+    final = response.redirect_chain[-1][0] if response.redirect_chain else url
+    assert final.endswith("?e=1"), final
+
+
 @pytest.mark.parametrize(
     ("options", "field"),
     [({"tags": ["shelf\x00"]}, "tags"), ({"pattern": "report:\x00*"}, "pattern"),
