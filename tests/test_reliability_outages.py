@@ -4,7 +4,7 @@ PostgreSQL outage, a terminated backend and a Redis outage, in a real child proc
 The child reaches PostgreSQL through :class:`tests.faults.TcpProxy` (``down()`` closes its
 connection and refuses new ones) under an ``application_name`` of its own, so the test can also
 end its backend with ``pg_terminate_backend``; the cache is a private ``redis-server`` the test
-stops and starts. The test stops the child with SIGINT (CONTROL-C), as an operator would.
+stops and starts. The test stops the child with SIGTERM, as systemd or Kubernetes would.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def terminate_backends(application_name: str) -> int:
     "for a while, then its backend is ended with pg_terminate_backend, then the private "
     "redis-server is stopped and started; rows are written to the outbox during each outage",
     "the loop logs each failed round, closes the broken connection, backs off and goes on: "
-    "every row is delivered after each outage, the cache matches the database, and SIGINT "
-    "ends it with exit code 0",
+    "every row is delivered after each outage, the cache matches the database, and SIGTERM "
+    "ends it with its summary and exit code 0",
 )
 def test_relay_loop_outlives_database_and_redis_outages(settings, tmp_path, products,  # noqa: F811
                                                         private_redis: PrivateRedis,
@@ -139,7 +139,7 @@ def test_relay_loop_outlives_database_and_redis_outages(settings, tmp_path, prod
         assert child.poll() is None, log.read_text()
     finally:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signal.SIGTERM)  # what systemd or Kubernetes sends
         code = child.wait(timeout=TIMEOUT)
     output = log.read_text()
     assert code == 0, output

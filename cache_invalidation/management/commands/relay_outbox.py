@@ -7,7 +7,7 @@ logged as a warning, the broken database connection is closed (the next round op
 and the loop waits, doubling the wait from ``--interval`` up to :attr:`Command.MAX_BACKOFF`
 seconds, then goes on. A cache failure inside one batch does not even fail the round: the batch
 stays in the outbox with its backoff, as it does without ``--loop``. Without ``--loop``, an
-outage exits 1 with the error.
+outage exits 1 with the error. CONTROL-C or SIGTERM ends the loop with its summary, exit 0.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -90,42 +93,43 @@ class Command(BaseCommand):
                 self.stdout.write(self.WOULD.format(limit=limit, rows=pending["rows"]))
             return
         total = outbox.RelayResult()
-        failures = 0
-        while True:
-            try:
+        with _sigterm_as_interrupt(options["loop"]):
+            failures = 0
+            while True:
                 try:
-                    result = outbox.relay(limit=limit, using=using)
-                except OUTAGES as exc:
-                    if isinstance(exc, DatabaseError):
-                        _close(using)
-                    error = f"{type(exc).__name__}: {str(exc).strip()}"
+                    try:
+                        result = outbox.relay(limit=limit, using=using)
+                    except OUTAGES as exc:
+                        if isinstance(exc, DatabaseError):
+                            _close(using)
+                        error = f"{type(exc).__name__}: {str(exc).strip()}"
+                        if not options["loop"]:
+                            raise CommandError(
+                                self.FAILED_ROUND.format(error=error), returncode=1
+                            ) from exc
+                        failures += 1
+                        delay = min(self.MAX_BACKOFF, options["interval"] * 2 ** (failures - 1))
+                        message = self.OUTAGE.format(error=error, delay=delay)
+                        logger.warning("cache_invalidation: relay_outbox: %s", message)
+                        self.stderr.write(message)
+                        time.sleep(delay)
+                        continue
+                    if failures:
+                        message = self.RECOVERED.format(failures=failures)
+                        logger.warning("cache_invalidation: relay_outbox: %s", message)
+                        self.stderr.write(message)
+                        failures = 0
+                    for name in ("batches", "events", "failed", "dead_lettered"):
+                        setattr(total, name, getattr(total, name) + getattr(result, name))
+                    total.errors.extend(result.errors)
+                    if options["verbosity"] >= 2 and (result.batches or result.failed):
+                        self.stdout.write(self.DELIVERED.format(**result.as_dict()))
                     if not options["loop"]:
-                        raise CommandError(
-                            self.FAILED_ROUND.format(error=error), returncode=1
-                        ) from exc
-                    failures += 1
-                    delay = min(self.MAX_BACKOFF, options["interval"] * 2 ** (failures - 1))
-                    message = self.OUTAGE.format(error=error, delay=delay)
-                    logger.warning("cache_invalidation: relay_outbox: %s", message)
-                    self.stderr.write(message)
-                    time.sleep(delay)
-                    continue
-                if failures:
-                    message = self.RECOVERED.format(failures=failures)
-                    logger.warning("cache_invalidation: relay_outbox: %s", message)
-                    self.stderr.write(message)
-                    failures = 0
-                for name in ("batches", "events", "failed", "dead_lettered"):
-                    setattr(total, name, getattr(total, name) + getattr(result, name))
-                total.errors.extend(result.errors)
-                if options["verbosity"] >= 2 and (result.batches or result.failed):
-                    self.stdout.write(self.DELIVERED.format(**result.as_dict()))
-                if not options["loop"]:
+                        break
+                    if not (result.batches or result.failed):
+                        time.sleep(options["interval"])
+                except KeyboardInterrupt:
                     break
-                if not (result.batches or result.failed):
-                    time.sleep(options["interval"])
-            except KeyboardInterrupt:
-                break
         if options["json"]:
             try:
                 left: dict[str, Any] = outbox.backlog(using)
@@ -139,6 +143,26 @@ class Command(BaseCommand):
                 "Some batches failed and stay in the outbox: " + "; ".join(total.errors),
                 returncode=1,
             )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """With ``--loop``, SIGTERM (what systemd, Kubernetes and supervisors send) stops the loop
+    as CONTROL-C does: the round in progress is rolled back or finished, the summary printed,
+    exit 0. Signal handlers can only be set from the main thread; elsewhere SIGTERM is left
+    alone."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _close(using: str) -> None:
