@@ -309,14 +309,15 @@ def _preview(
                 _("Could not keep the preview for the confirmation: %(error)s") % {"error": error},
                 messages.ERROR,
             )
-    can_confirm = bool(nonce) and not (error or refusal)
+    # Tags, keys and rows need no token (they are done on submit); a pattern needs its preview.
+    can_confirm = not (error or refusal) and (plan.pattern is None or bool(nonce))
     return {
         "plan": plan,
         "matched": plan.preview.matched if plan.preview else None,
         "sample": plan.preview.sample if plan.preview else (),
         "refusal": refusal,
         "error": error,
-        "token": confirmation_token(plan, apply_now, request.user, nonce) if can_confirm else "",
+        "token": confirmation_token(plan, apply_now, request.user, nonce) if nonce else "",
         "can_confirm": can_confirm,
     }
 
