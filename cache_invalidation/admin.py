@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
@@ -26,6 +27,14 @@ class _ReadOnly(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        # A NUL in a filter (?status=%00) reaches PostgreSQL, which refuses it with a
+        # DataError (a 500). Refuse it as Django refuses any bad lookup: "?e=1", then the
+        # admin's "Database error" page.
+        if any("\x00" in text for key, values in request.GET.lists() for text in (key, *values)):
+            raise IncorrectLookupParameters("a NUL character in the changelist's query string")
+        return super().get_changelist_instance(request)
 
 
 @admin.register(DeadLetter)

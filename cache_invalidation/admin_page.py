@@ -8,7 +8,10 @@ shows; only a POST (with the CSRF token) changes anything.
 Tags and keys are invalidated on the first POST. A key pattern is first previewed (how many
 keys match, a sample of them) and deleted only by a second POST that carries a signed
 confirmation token for the same user and the same submission, valid
-:data:`CONFIRM_MAX_AGE` seconds. Every POST writes a ``ManualInvalidation`` row.
+:data:`CONFIRM_MAX_AGE` seconds. The token is bound to its preview: confirming deletes the keys
+that preview matched and no others (keys added since are left for a new preview), and it works
+once (a second POST of the same token deletes nothing and previews again). Every POST writes a
+``ManualInvalidation`` row.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from . import dashboard, keypatterns, manual
 
 PERMISSION = "cache_invalidation.invalidate_cache"
 SALT = "cache_invalidation.admin.confirm-pattern"
-CONFIRM_MAX_AGE = 600
+CONFIRM_MAX_AGE = keypatterns.CONFIRM_MAX_AGE
 TEMPLATE = "admin/cache_invalidation/invalidate.html"
 
 
@@ -127,21 +130,24 @@ def _digest(plan: manual.Plan, apply_now: bool, user: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def confirmation_token(plan: manual.Plan, apply_now: bool, user: Any) -> str:
-    """A signed, timestamped token for exactly this submission by this user."""
-    return signing.dumps(_digest(plan, apply_now, user), salt=SALT)
+def confirmation_token(plan: manual.Plan, apply_now: bool, user: Any, nonce: str) -> str:
+    """A signed, timestamped token for exactly this submission by this user and the preview
+    remembered under ``nonce`` (:meth:`.keypatterns.KeyPattern.remember`)."""
+    return signing.dumps({"digest": _digest(plan, apply_now, user), "preview": nonce}, salt=SALT)
 
 
-def is_confirmed(token: str, plan: manual.Plan, apply_now: bool, user: Any) -> bool:
+def confirmed_nonce(token: str, plan: manual.Plan, apply_now: bool, user: Any) -> str | None:
+    """The preview nonce of ``token`` if it is signed, fresh and for this submission and user."""
     if not token:
-        return False
+        return None
     try:
-        return bool(
-            signing.loads(token, salt=SALT, max_age=CONFIRM_MAX_AGE)
-            == _digest(plan, apply_now, user)
-        )
+        data = signing.loads(token, salt=SALT, max_age=CONFIRM_MAX_AGE)
     except signing.BadSignature:
-        return False
+        return None
+    if not isinstance(data, dict) or data.get("digest") != _digest(plan, apply_now, user):
+        return None
+    nonce = data.get("preview")
+    return nonce if isinstance(nonce, str) and nonce else None
 
 
 def _what(plan: manual.Plan) -> str:
@@ -226,17 +232,32 @@ def invalidate_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> Http
         apply_now = bool(form.cleaned_data.get("apply_now"))
         wants_preview = "_preview" in request.POST
         token = form.cleaned_data.get("confirm") or ""
-        confirmed = plan.pattern is None or is_confirmed(token, plan, apply_now, request.user)
-        if wants_preview or not confirmed:
-            if token and not confirmed and not wants_preview:
-                model_admin.message_user(
-                    request,
-                    _(
-                        "The confirmation expired or no longer matches the form; check the "
-                        "preview and confirm again."
-                    ),
-                    messages.WARNING,
+        confirmed = plan.pattern is None
+        warning: Any = None  # a message, lazily translated
+        if plan.pattern is not None and not wants_preview:
+            nonce = confirmed_nonce(token, plan, apply_now, request.user)
+            if nonce is not None:
+                try:
+                    plan.preview = plan.pattern.take(nonce)
+                except Exception as exc:
+                    warning = _("Could not read the preview back: %(error)s") % {
+                        "error": f"{type(exc).__name__}: {exc}"
+                    }
+                else:
+                    confirmed = plan.preview is not None
+                    if not confirmed:
+                        warning = _(
+                            "This confirmation was already used or its preview expired; check "
+                            "the preview and confirm again."
+                        )
+            elif token:
+                warning = _(
+                    "The confirmation expired or no longer matches the form; check the "
+                    "preview and confirm again."
                 )
+        if wants_preview or not confirmed:
+            if warning is not None:
+                model_admin.message_user(request, warning, messages.WARNING)
             preview = _preview(model_admin, request, plan, apply_now)
             return _render(model_admin, request, form, preview)
         outcome = manual.execute(
@@ -277,14 +298,26 @@ def _preview(
             _("Could not count the keys matching the pattern: %(error)s") % {"error": error},
             messages.ERROR,
         )
-    can_confirm = not (error or refusal)
+    nonce = ""
+    if not (error or refusal) and plan.pattern is not None and plan.preview is not None:
+        try:
+            nonce = plan.pattern.remember(plan.preview)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            model_admin.message_user(
+                request,
+                _("Could not keep the preview for the confirmation: %(error)s") % {"error": error},
+                messages.ERROR,
+            )
+    # Tags, keys and rows need no token (they are done on submit); a pattern needs its preview.
+    can_confirm = not (error or refusal) and (plan.pattern is None or bool(nonce))
     return {
         "plan": plan,
         "matched": plan.preview.matched if plan.preview else None,
         "sample": plan.preview.sample if plan.preview else (),
         "refusal": refusal,
         "error": error,
-        "token": confirmation_token(plan, apply_now, request.user) if can_confirm else "",
+        "token": confirmation_token(plan, apply_now, request.user, nonce) if nonce else "",
         "can_confirm": can_confirm,
     }
 

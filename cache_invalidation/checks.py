@@ -9,6 +9,8 @@ not below the Redis broker's visibility timeout, ``E014`` the cache uses django-
 ``ShardClient``, ``W001`` the cache swallows errors (``IGNORE_EXCEPTIONS``), ``W002`` a
 per-process cache with a transport that applies in another process, ``W003`` a ``DummyCache``,
 ``W004`` plain ``cache.set()`` entries (declared keys) outlive ``MAX_TTL``.
+The server: ``W005`` the cache's Redis may evict the tag index (``maxmemory-policy`` other than
+``noeviction``), checked only where ``INFO`` answers within half a second at startup.
 """
 
 from __future__ import annotations
@@ -25,6 +27,44 @@ from .conf import DEFAULTS, TRANSPORTS
 def register() -> None:
     checks.register(check_declarations, "cache_invalidation")
     checks.register(check_settings, "cache_invalidation")
+    checks.register(check_cache_eviction, "cache_invalidation", checks.Tags.caches)
+
+
+def check_cache_eviction(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``W005``: the invalidation cache's Redis evicts keys when full, so a tag set can go while
+    its entries stay. Reads ``INFO`` on a connection of its own (half a second at most); says
+    nothing when the server cannot be asked (down, ``INFO`` denied, not django-redis)."""
+    from . import health
+    from .conf import get_config
+
+    try:
+        alias = str(get_config()["CACHE_ALIAS"])
+    except Exception:  # a malformed CACHE_INVALIDATION: E010 says so
+        return []
+    cache = (getattr(settings, "CACHES", {}) or {}).get(alias)
+    if not cache or "django_redis" not in str(cache.get("BACKEND", "")):
+        return []
+    eviction = health.redis_eviction(alias)
+    if not eviction or eviction.get("policy") not in health.EVICTING_POLICIES:
+        return []
+    limit = (
+        f"maxmemory is {eviction['maxmemory']} bytes"
+        if eviction.get("maxmemory")
+        else "maxmemory is 0 for now, so nothing is evicted until a limit is set"
+    )
+    return [
+        checks.Warning(
+            f"The cache {alias!r} runs on a Redis whose maxmemory-policy is "
+            f"{eviction['policy']!r} ({limit}): Redis may evict a tag set while the entries it "
+            "lists stay cached, and invalidating that tag then deletes nothing and reports "
+            "success.",
+            hint="Set maxmemory-policy to noeviction on this Redis (every key the app writes "
+            "has a TTL of at most MAX_TTL, so volatile-* policies evict the tag index too), and "
+            "size maxmemory for MAX_TTL's worth of entries. cache_invalidation_status reports "
+            "it as unhealthy while it lasts.",
+            id="cache_invalidation.W005",
+        )
+    ]
 
 
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -104,6 +104,7 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
         "problem": status_problem,
         "healthy": status.get("healthy"),
         "problems": list(status.get("problems") or []),
+        "warnings": list(status.get("warnings") or []),
         "components": [_component(name, status.get(name)) for name in COMPONENTS],
         "dlq_pending": dead.get("pending"),
         "dlq_oldest_age": dead.get("oldest_age"),

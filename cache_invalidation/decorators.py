@@ -5,8 +5,13 @@ a GET answered with status 200, not streaming, setting no cookie, without ``Cach
 private`` or ``no-store``, and varying on nothing but the headers the decorator was told about.
 A view that read the session or used the CSRF token varies on the visitor's cookie (the
 middleware adds ``Vary: Cookie`` and cookies later), so its response is not stored either
-unless ``Cookie`` is listed in ``vary_on_headers``, and never when it used the CSRF token.
-Anything else is returned as it came and logged at DEBUG with the reason.
+unless ``Cookie`` is listed in ``vary_on_headers``, and never when it used the CSRF token or
+showed or queued a flash message (``django.contrib.messages`` keeps them in a cookie the
+middleware sets later). Anything else is returned as it came and logged at DEBUG with the reason.
+
+A request carrying credentials of its own (``Authorization``) is neither answered from the cache
+nor stored, unless ``Authorization`` is in ``vary_on_headers`` (RFC 9111 section 3.5: a shared
+cache must not reuse a response to an authenticated request for another one): the view runs.
 
 HEAD requests are answered from the GET entry when there is one and never store (a view may
 answer HEAD with an empty body). Other methods pass straight through.
@@ -111,7 +116,7 @@ def cache_page_tagged(
         if iscoroutinefunction(view):
 
             async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                if request.method not in ("GET", "HEAD"):
+                if request.method not in ("GET", "HEAD") or _bypass(request, varies):
                     return await view(request, *args, **kwargs)
                 if static_tags is not None:
                     tag_list = static_tags
@@ -146,7 +151,7 @@ def cache_page_tagged(
 
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            if request.method not in ("GET", "HEAD"):
+            if request.method not in ("GET", "HEAD") or _bypass(request, varies):
                 return view(request, *args, **kwargs)
             if static_tags is not None:
                 tag_list = static_tags
@@ -174,6 +179,27 @@ def cache_page_tagged(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+#: Request headers that carry the caller's own credentials: a request with one is answered by
+#: the view, never from or into the cache, unless the header is in ``vary_on_headers``.
+PER_USER_REQUEST_HEADERS = ("Authorization",)
+
+
+def _bypass(request: HttpRequest, vary_on_headers: Sequence[str]) -> bool:
+    """Whether ``request`` must skip the cache both ways (lookup and store), logged at DEBUG."""
+    allowed = {name.lower() for name in vary_on_headers}
+    for header in PER_USER_REQUEST_HEADERS:
+        if header.lower() not in allowed and header in request.headers:
+            logger.debug(
+                "Not caching %s %s: the request carries %s, which is not in vary_on_headers",
+                request.method,
+                request.get_full_path(),
+                header,
+                extra=log_extra(stage="page_cache"),
+            )
+            return True
+    return False
 
 
 def _needs_render(response: Any) -> bool:
@@ -205,6 +231,14 @@ def _uncacheable_reason(
             return f"it has Vary: {header}, which is not in vary_on_headers"
     if request.META.get("CSRF_COOKIE_NEEDS_UPDATE"):
         return "it used the CSRF token, which is the visitor's own"
+    # Only messages the view actually loaded (or queued) count: a base template looping over
+    # an empty ``messages`` is still a page for everyone. ``_loaded_data`` is set by the
+    # storage when it reads; asking ``len()`` here would read the session itself.
+    messages = getattr(request, "_messages", None)
+    if messages is not None and (
+        getattr(messages, "added_new", False) or getattr(messages, "_loaded_data", None)
+    ):
+        return "it read or queued a flash message, which is the visitor's own"
     session = getattr(request, "session", None)
     if session is not None and getattr(session, "accessed", False) and "cookie" not in allowed:
         return "the view read the session, so it varies on Cookie, which is not in vary_on_headers"

@@ -8,9 +8,16 @@ Rules of :func:`healthy` (see :func:`problems` for the messages): unhealthy when
 the database or (with ``TRANSPORT = "celery"``) the broker does not answer; when more than
 ``STATUS_MAX_DLQ`` dead letters are pending (default 0: any pending dead letter means entries
 may be stale until it is replayed); when the oldest outbox row waits longer than
-``STATUS_MAX_OUTBOX_AGE`` seconds (default 300: the relay is not running or cannot deliver).
-Failed attempts and lag do not make it unhealthy: retries absorb blips, and what retries
-cannot absorb ends in the dead-letter queue.
+``STATUS_MAX_OUTBOX_AGE`` seconds (default 300: the relay is not running or cannot deliver);
+when the cache's Redis may evict keys (``maxmemory`` set with any ``maxmemory-policy`` but
+``noeviction``: ``allkeys-*`` evicts any key, and ``volatile-*`` any key with a TTL, which is
+every key the app writes), because an evicted tag set leaves its entries cached while their
+invalidations report success. Failed attempts and lag do not make it unhealthy: retries absorb
+blips, and what retries cannot absorb ends in the dead-letter queue.
+
+:func:`warnings` (shown, exit status unchanged): Redis has evicted keys since it started
+(``evicted_keys``: entries may have lost their tag sets and stay stale until their TTL), or its
+policy evicts but ``maxmemory`` is 0 (nothing is evicted until a limit is set).
 """
 
 from __future__ import annotations
@@ -36,6 +43,19 @@ DLQ_PENDING = (
     "{pending} dead letter(s) pending (STATUS_MAX_DLQ is {limit}); replay them "
     "with manage.py replay_dead_letters"
 )
+CACHE_EVICTS = (
+    "the cache {alias!r} evicts keys when full (maxmemory-policy {policy}, maxmemory "
+    "{maxmemory} bytes): an evicted tag set leaves its entries cached while invalidations "
+    "report success; set maxmemory-policy to noeviction (and size maxmemory for MAX_TTL)"
+)
+CACHE_EVICTED = (
+    "the cache {alias!r} has evicted {evicted} key(s) since Redis started (evicted_keys): "
+    "entries whose tag sets were evicted stay stale until their TTL"
+)
+CACHE_WOULD_EVICT = (
+    "the cache {alias!r} has maxmemory-policy {policy}: nothing is evicted while maxmemory is 0, "
+    "but the tag index will be once a limit is set; use noeviction"
+)
 OUTBOX_STUCK = (
     "the oldest outbox row has waited {age:.0f} s (STATUS_MAX_OUTBOX_AGE is "
     "{limit}); is manage.py relay_outbox running?"
@@ -56,7 +76,9 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     django-redis: ``PING`` (and ``INFO server`` for the version) on a connection of its own
     with ``timeout`` and no retries, so a hung Redis answers "down" within ``timeout``. Other
     backends: set, read back and delete a probe key (their own timeouts apply).
-    Returns ``{"ok", "detail", "latency_ms", "alias", "backend", "server_version"}``.
+    Returns ``{"ok", "detail", "latency_ms", "alias", "backend", "server_version",
+    "eviction"}``; ``eviction`` is :func:`eviction`'s answer for django-redis (``INFO memory``
+    and ``INFO stats``), ``None`` for other backends.
     """
     from django.core.cache import caches
 
@@ -64,13 +86,18 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     from .tagging import is_django_redis
 
     alias = str(get_config()["CACHE_ALIAS"])
-    result: dict[str, Any] = {"alias": alias, "backend": "", "server_version": None}
+    result: dict[str, Any] = {
+        "alias": alias,
+        "backend": "",
+        "server_version": None,
+        "eviction": None,
+    }
     started = time.monotonic()
     try:
         cache = caches[alias]
         result["backend"] = f"{type(cache).__module__}.{type(cache).__name__}"
         if is_django_redis(cache):
-            result["server_version"] = _ping_redis(cache, timeout)
+            result["server_version"], result["eviction"] = _ping_redis(cache, timeout)
             detail = "PING answered"
         else:
             key = f"ci:health:{uuid.uuid4().hex}"
@@ -98,8 +125,50 @@ _PROBE_KWARGS = (
 )
 
 
-def _ping_redis(cache: Any, timeout: float) -> str | None:
-    """PING through a one-off connection to the same server; returns its version if allowed."""
+EVICTING_POLICIES = frozenset(
+    {
+        "allkeys-lru",
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+    }
+)
+"""Every ``maxmemory-policy`` but ``noeviction``: every key the app writes has a TTL, so the
+``volatile-*`` policies may evict the tag index as surely as the ``allkeys-*`` ones."""
+
+
+def eviction_from_info(memory: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """``{"readable": True, "policy", "maxmemory", "evicted_keys", "evicts"}`` from the
+    ``INFO memory`` and ``INFO stats`` sections of one server."""
+    policy = str(memory.get("maxmemory_policy", "")) or None
+    maxmemory = int(memory.get("maxmemory") or 0)
+    return {
+        "readable": policy is not None,
+        "policy": policy,
+        "maxmemory": maxmemory,
+        "evicted_keys": int(stats.get("evicted_keys") or 0),
+        "evicts": policy in EVICTING_POLICIES and maxmemory > 0,
+        "error": None if policy is not None else "INFO memory has no maxmemory_policy",
+    }
+
+
+def _unreadable(exc: BaseException) -> dict[str, Any]:
+    return {
+        "readable": False,
+        "policy": None,
+        "maxmemory": None,
+        "evicted_keys": None,
+        "evicts": False,
+        "error": _error(exc),
+    }
+
+
+def _ping_redis(cache: Any, timeout: float) -> tuple[str | None, dict[str, Any]]:
+    """PING through a one-off connection to the same server; returns its version and its
+    eviction settings (:func:`eviction_from_info`) where ``INFO`` is allowed."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -108,7 +177,7 @@ def _ping_redis(cache: Any, timeout: float) -> str | None:
     if type(pool) is not redis.ConnectionPool:  # sentinel and friends: use their own client
         client = cache.client.get_client(write=True)
         client.ping()
-        return None
+        return None, _read_eviction(client)
     kwargs = {
         k: v for k, v in pool.connection_kwargs.items() if k in _PROBE_KWARGS or k.startswith("ssl")
     }
@@ -123,11 +192,37 @@ def _ping_redis(cache: Any, timeout: float) -> str | None:
     try:
         probe.ping()
         try:
-            return str(probe.info("server").get("redis_version"))
+            version: str | None = str(probe.info("server").get("redis_version"))
         except redis.RedisError:  # INFO may be denied by an ACL; PING answered
-            return None
+            version = None
+        return version, _read_eviction(probe)
     finally:
         probe_pool.disconnect()
+
+
+def _read_eviction(client: Any) -> dict[str, Any]:
+    import redis
+
+    try:
+        return eviction_from_info(client.info("memory"), client.info("stats"))
+    except (redis.RedisError, ValueError, TypeError) as exc:  # denied by an ACL, a proxy
+        return _unreadable(exc)
+
+
+def redis_eviction(alias: str, timeout: float = 0.5) -> dict[str, Any] | None:
+    """:func:`eviction_from_info` for the django-redis cache ``alias``; None for another
+    backend. Never raises: an unreachable server is ``{"readable": False, "error": ...}``."""
+    from django.core.cache import caches
+
+    from .tagging import is_django_redis
+
+    try:
+        cache = caches[alias]
+        if not is_django_redis(cache):
+            return None
+        return _ping_redis(cache, timeout)[1]
+    except Exception as exc:
+        return _unreadable(exc)
 
 
 def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -287,9 +382,12 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
 
         {
           "healthy": True, "problems": [],           # see healthy() / problems()
+          "warnings": [],                            # see warnings(): shown, not unhealthy
           "generated_at": 1764237000.0,
           "transport": "celery", "cache_alias": "default",
-          "cache": {"ok": True, "detail": ..., "latency_ms": 0.4, "server_version": "7.2.4", ...},
+          "cache": {"ok": True, "detail": ..., "latency_ms": 0.4, "server_version": "7.2.4",
+                    "eviction": {"readable": True, "policy": "noeviction", "maxmemory": 0,
+                                 "evicted_keys": 0, "evicts": False, "error": None}, ...},
           "broker": {"ok": True, "used": True, "detail": ..., "url": ..., ...},
           "database": {"ok": True, "alias": "default", "vendor": "postgresql", ...},
           "dead_letters": {"pending": 0, "oldest_age": None, "by_reason": {}, "error": None},
@@ -333,6 +431,7 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
     found = problems(result)
     result["problems"] = found
     result["healthy"] = not found
+    result["warnings"] = warnings(result)
     if found:
         logger.debug(
             "cache_invalidation: unhealthy: %s", "; ".join(found), extra=log_extra(stage="status")
@@ -367,6 +466,15 @@ def problems(status: dict[str, Any]) -> list[str]:
                 alias=database.get("alias"), detail=database.get("detail", "not checked")
             )
         )
+    eviction = cache.get("eviction") or {}
+    if cache.get("ok") and eviction.get("evicts"):
+        found.append(
+            CACHE_EVICTS.format(
+                alias=cache.get("alias", status.get("cache_alias")),
+                policy=eviction.get("policy"),
+                maxmemory=eviction.get("maxmemory"),
+            )
+        )
     pending = (status.get("dead_letters") or {}).get("pending")
     if pending is not None and pending > max_dlq:
         found.append(DLQ_PENDING.format(pending=pending, limit=max_dlq))
@@ -377,6 +485,19 @@ def problems(status: dict[str, Any]) -> list[str]:
                 age=age, limit=limits.get("STATUS_MAX_OUTBOX_AGE", config["STATUS_MAX_OUTBOX_AGE"])
             )
         )
+    return found
+
+
+def warnings(status: dict[str, Any]) -> list[str]:
+    """What an operator should know that does not make ``status`` unhealthy, one sentence each."""
+    cache = status.get("cache") or {}
+    eviction = cache.get("eviction") or {}
+    alias = cache.get("alias", status.get("cache_alias"))
+    found = []
+    if eviction.get("evicted_keys"):
+        found.append(CACHE_EVICTED.format(alias=alias, evicted=eviction["evicted_keys"]))
+    if eviction.get("policy") in EVICTING_POLICIES and not eviction.get("evicts"):
+        found.append(CACHE_WOULD_EVICT.format(alias=alias, policy=eviction["policy"]))
     return found
 
 

@@ -22,11 +22,19 @@ The pattern guard (:func:`check_pattern`, :func:`bind`):
   calls; a pattern matching more than :data:`MAX_MATCHES` keys, or whose scan did not finish,
   is refused for deletion. Deletion runs ``UNLINK`` on :data:`DELETE_CHUNK` keys at a time.
 - Only django-redis caches with a readable ``KEY_FUNCTION`` support patterns.
+
+A deletion deletes **the keys its preview matched**, never more: keys that appeared since the
+preview and match are left alone (preview again to delete them). For a confirmation given in a
+later request (the admin page), :meth:`KeyPattern.remember` keeps the previewed keys in Redis
+(``make_key("ci:pc:<nonce>")``, for :data:`CONFIRM_MAX_AGE` seconds or ``MAX_TTL`` if shorter)
+and :meth:`KeyPattern.take` reads and deletes them in one transaction, so a confirmation counts
+once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +47,8 @@ SCAN_COUNT = 1000
 MAX_SCAN_CALLS = 2000
 """About ``SCAN_COUNT * MAX_SCAN_CALLS`` keys examined at most, each call a few milliseconds."""
 DELETE_CHUNK = 500
+CONFIRM_MAX_AGE = 600
+"""Seconds a remembered preview (and the admin page's confirmation token) stays usable."""
 INTERNAL_PREFIX = "ci:"
 _FORBIDDEN = "[]\\"
 _WILDCARDS = "*?:"
@@ -105,12 +115,14 @@ def _escape(text: str) -> str:
 
 @dataclass(frozen=True)
 class Preview:
-    """What a pattern matches now. ``matched`` counts at most ``MAX_MATCHES + 1`` keys."""
+    """What a pattern matches now. ``matched`` counts at most ``MAX_MATCHES + 1`` keys;
+    ``keys`` are those Redis keys, the only ones a deletion after this preview touches."""
 
     matched: int
     complete: bool
     sample: tuple[str, ...]
     examined_calls: int
+    keys: tuple[bytes, ...] = ()
 
     @property
     def too_broad(self) -> bool:
@@ -167,7 +179,41 @@ class KeyPattern:
                 names.append(name)
             if len(seen) > MAX_MATCHES:
                 break
-        return Preview(len(seen), bool(stats["complete"]), tuple(sorted(names)), stats["calls"])
+        return Preview(
+            len(seen), bool(stats["complete"]), tuple(sorted(names)), stats["calls"], tuple(seen)
+        )
+
+    def _confirm_key(self, nonce: str) -> str:
+        from django.core.cache import caches
+
+        cache: Any = caches[self.alias]
+        return str(cache.client.make_key(f"{INTERNAL_PREFIX}pc:{nonce}"))
+
+    def remember(self, preview: Preview) -> str:
+        """Keep ``preview``'s keys for :data:`CONFIRM_MAX_AGE` seconds; returns the nonce that
+        :meth:`take` needs. Raises if Redis fails."""
+        nonce = secrets.token_hex(16)
+        key = self._confirm_key(nonce)
+        # The first element marks the list as existing even when the preview matched nothing.
+        pipe = self._client().pipeline(transaction=True)
+        pipe.rpush(key, b"", *preview.keys)
+        pipe.expire(key, _confirm_ttl())
+        pipe.execute()
+        return nonce
+
+    def take(self, nonce: str) -> Preview | None:
+        """The preview remembered under ``nonce``, forgotten in the same transaction (so only
+        one caller ever gets it); None when it expired or was already taken."""
+        key = self._confirm_key(nonce)
+        pipe = self._client().pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        members, _ = pipe.execute()
+        if not members:
+            return None
+        keys = tuple(raw for raw in members[1:] if self.logical(raw) is not None)
+        sample = tuple(sorted(str(self.logical(raw)) for raw in keys[:20]))
+        return Preview(len(keys), True, sample, 0, keys)
 
     def refusal(self, preview: Preview) -> str | None:
         """Why the keys of ``preview`` may not be deleted, or None."""
@@ -180,30 +226,26 @@ class KeyPattern:
             )
         return None
 
-    def delete(self) -> int:
-        """UNLINK the matching keys, :data:`DELETE_CHUNK` at a time; returns how many existed.
+    def delete(self, keys: Iterable[bytes]) -> int:
+        """UNLINK ``keys`` (a preview's), :data:`DELETE_CHUNK` at a time; returns how many
+        existed.
 
-        Matches again (keys that appeared since the preview and match are deleted too) and
-        stops after ``MAX_MATCHES`` keys. Raises if Redis fails; what was deleted stays deleted.
+        Only keys this pattern may touch are deleted, and only these: a key that appeared since
+        the preview is left alone, so a deletion never reaches further than what the operator
+        saw. Raises if Redis fails; what was deleted stays deleted.
         """
         client = self._client()
-        stats: dict[str, Any] = {"calls": 0, "complete": False}
-        batch: list[bytes] = []
-        seen: set[bytes] = set()
+        batch = [raw for raw in dict.fromkeys(keys) if self.logical(raw) is not None]
         deleted = 0
-        for raw in self._scan(client, stats):
-            if raw in seen or self.logical(raw) is None:
-                continue
-            seen.add(raw)
-            batch.append(raw)
-            if len(batch) >= DELETE_CHUNK:
-                deleted += int(client.unlink(*batch))
-                batch = []
-            if len(seen) >= MAX_MATCHES:
-                break
-        if batch:
-            deleted += int(client.unlink(*batch))
+        for start in range(0, min(len(batch), MAX_MATCHES), DELETE_CHUNK):
+            deleted += int(client.unlink(*batch[start : min(start + DELETE_CHUNK, MAX_MATCHES)]))
         return deleted
+
+
+def _confirm_ttl() -> int:
+    from .conf import get_config
+
+    return max(1, min(CONFIRM_MAX_AGE, int(get_config()["MAX_TTL"])))  # no key outlives MAX_TTL
 
 
 def bind(pattern: str, alias: str | None = None) -> KeyPattern:

@@ -37,6 +37,10 @@ NEED_PK = _("Give the primary key of the %(model)s row.")
 NEED_MODEL = _("Choose the model the primary key %(pk)r belongs to.")
 BAD_PK = _("%(pk)r is not a valid primary key for %(model)s.")
 NO_ROW = _("%(model)s with primary key %(pk)r does not exist.")
+NUL = _(
+    "The %(field)s field holds a NUL character (\\x00); no cache key, tag or database row can "
+    "hold one. Remove it."
+)
 
 
 class ManualError(ValueError):
@@ -136,6 +140,15 @@ def plan(
 ) -> Plan:
     """Check and resolve a submission; raises :class:`ManualError` (first problem found)."""
     tag_list, key_list = lines(tags), lines(keys)
+    for name, values in (
+        ("tags", tag_list),
+        ("keys", key_list),
+        ("model", [model]),
+        ("pk", [str(pk or "")]),
+        ("pattern", [pattern]),
+    ):
+        if any("\x00" in value for value in values):
+            raise ManualError(NUL % {"field": name}, name)
     pk_text = "" if pk is None else str(pk).strip()
     if model:
         row_tags, row_keys = resolve_row(model, pk_text, using)
@@ -196,7 +209,7 @@ def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str =
             done.append(f"Pattern not deleted: {refusal}")
         else:
             try:
-                count = plan.pattern.delete()
+                count = plan.pattern.delete(preview.keys)
             except Exception as exc:
                 outcome.status, outcome.error = Status.FAILED, f"{type(exc).__name__}: {exc}"
                 done.append(
@@ -353,6 +366,14 @@ def _publish(plan: Plan, metadata: dict[str, Any]) -> Outcome:
     )
 
 
+def _visible(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, (list, tuple)):
+        return [_visible(item) for item in value]
+    return value
+
+
 def audit(
     plan: Plan | None,
     outcome: Outcome | None,
@@ -369,7 +390,10 @@ def audit(
     is recorded when there is no plan (a refused submission)."""
     from .models import ManualInvalidation
 
-    raw = raw or {}
+    # Refused input is recorded as typed, except that a NUL (which PostgreSQL text and jsonb
+    # refuse) is written as the four characters \x00: the audit row of a refusal must not fail.
+    raw = {name: _visible(value) for name, value in (raw or {}).items()}
+    error = str(_visible(error))
     user_obj = user if getattr(user, "is_authenticated", False) else None
     username = user_obj.get_username() if user_obj is not None else username
     preview = plan.preview if plan is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.template import engines
@@ -73,6 +74,39 @@ def language(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"{counted('language')} {request.headers.get('Accept-Language')}")
 
 
+def caller(request: HttpRequest) -> str:
+    return request.headers.get("Authorization", "anonymous")
+
+
+@cache_page_tagged(tags=["page:bearer"])
+def bearer(request: HttpRequest) -> HttpResponse:
+    """Answers per ``Authorization`` header without saying so in ``Vary``, as many APIs do."""
+    return HttpResponse(f"{counted('bearer')} for {caller(request)}")
+
+
+@cache_page_tagged(tags=["page:bearer-varied"], vary_on_headers=["Authorization"])
+def bearer_varied(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(f"{counted('bearer varied')} for {caller(request)}")
+
+
+@cache_page_tagged(tags=["page:async-bearer"])
+async def async_bearer(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(f"{counted('async bearer')} for {caller(request)}")
+
+
+def remember(request: HttpRequest) -> HttpResponse:
+    """Not cached: queues a flash message for the visitor's next page, as a form view does."""
+    messages.info(request, "saved")
+    return HttpResponse("remembered")
+
+
+@cache_page_tagged(tags=["page:messages"])
+def shows_messages(request: HttpRequest) -> HttpResponse:
+    """Shows the visitor's flash messages (kept in a cookie by the default storage)."""
+    shown = " ".join(str(m) for m in messages.get_messages(request)) or "none"
+    return HttpResponse(f"{counted('messages')} {shown}")
+
+
 @cache_page_tagged(tags=["page:async"])
 async def async_plain(request: HttpRequest) -> HttpResponse:
     return HttpResponse(counted("async"))
@@ -124,6 +158,11 @@ urlpatterns = [
     path("missing/", not_found),
     path("template/", template),
     path("language/", language),
+    path("bearer/", bearer),
+    path("bearer/varied/", bearer_varied),
+    path("async/bearer/", async_bearer),
+    path("remember/", remember),
+    path("messages/", shows_messages),
     path("async/", async_plain),
     path("async/product/<int:pk>/", async_product),
     path("async/cookie/", async_sets_cookie),

@@ -142,6 +142,7 @@ def test_model_and_pk_resolve_the_rows_tags(client, operator, product):
                                  "_preview": "1"})
     assert preview.status_code == 200
     assert f"product:{product.pk}" in preview.context["preview"]["plan"].tags
+    assert preview.context["preview"]["can_confirm"] and b'name="_confirm"' in preview.content
     assert client.get(url)["X-Cache"] == "hit"  # a preview changes nothing
     client.post(PAGE, {"model": "shop.Product", "pk": str(product.pk), "_invalidate": "1"})
     assert client.get(url)["X-Cache"] == "miss"

@@ -51,8 +51,10 @@ def test_healthy_prints_every_section_and_exits_0(saved_product):
     lines = out.splitlines()
     assert lines[0] == Command.HEALTH
     assert lines[1].startswith("  cache     ok        PING answered (redis ")
-    assert lines[2] == "  broker    -         not used (TRANSPORT is 'sync')"
-    assert lines[3].startswith("  database  ok        SELECT 1 ('default', ")
+    assert lines[2].startswith("  eviction  ")
+    assert "maxmemory-policy noeviction" in lines[2]  # the shared Redis's policy
+    assert lines[3] == "  broker    -         not used (TRANSPORT is 'sync')"
+    assert lines[4].startswith("  database  ok        SELECT 1 ('default', ")
     assert Command.TRANSPORT.format(transport="sync", alias="default") in lines
     assert "Events, last hour" in lines and "Events, last day" in lines
     row = Command.EVENTS_ROW.format(model="shop.Product", **{**dict.fromkeys(metrics.NAMES, 0),
@@ -81,10 +83,11 @@ def test_json_has_the_documented_shape(saved_product):
     assert code == 0
     found = json.loads(out)
     assert set(found) == {
-        "healthy", "problems", "generated_at", "transport", "cache_alias", "cache", "broker",
+        "healthy", "problems", "warnings", "generated_at", "transport", "cache_alias", "cache", "broker",
         "database", "dead_letters", "outbox", "index", "metrics", "limits", "versions",
     }
     assert found["healthy"] is True and found["problems"] == []
+    assert found["cache"]["eviction"]["policy"] == "noeviction"
     assert found["cache"]["ok"] is True and found["broker"]["used"] is False
     assert found["dead_letters"] == {"pending": 0, "oldest_age": None, "by_reason": {},
                                      "error": None}

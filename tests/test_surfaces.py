@@ -16,11 +16,13 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.cache import caches
 from django.template import Context, Template, TemplateSyntaxError
+from django.test import Client
 
 from cache_invalidation import TaggedCache, cache_page_tagged, cached, no_invalidation
 from cache_invalidation.cachekeys import fragment_key
 from testproject.shop.models import Category, Product, Review
 from tests import surfaces_urls
+from tests.faults import row
 
 # --- {% cachetagged %} -------------------------------------------------------------------
 
@@ -335,6 +337,65 @@ def test_responses_for_one_visitor_or_errors_are_never_cached(client, calls, url
     assert body(second).startswith(f"{name} call 2")
     if name == "cookie":
         assert first.cookies["seen"].value == second.cookies["seen"].value == "1"
+
+
+@row(
+    "A view answering per ``Authorization`` header under ``cache_page_tagged`` (issue 13, 4)",
+    "GET with ``Authorization: Bearer alice``, then as bob and anonymously, sync and async "
+    "views, GET and HEAD; then a view with ``Authorization`` in ``vary_on_headers``",
+    "a request with ``Authorization`` runs the view every time and is never stored nor served "
+    "from the cache (RFC 9111 section 3.5); anonymous requests are cached as before; listed "
+    "in ``vary_on_headers``, each credential gets its own entry",
+)
+@pytest.mark.urls("tests.surfaces_urls")
+def test_a_request_with_credentials_is_never_stored_nor_served_from_the_cache(
+    client, async_client, calls
+):
+    alice = {"authorization": "Bearer alice"}
+    bob = {"authorization": "Bearer bob"}
+    assert body(client.get("/bearer/", headers=alice)) == "bearer call 1 for Bearer alice"
+    assert body(client.get("/bearer/", headers=bob)) == "bearer call 2 for Bearer bob"
+    assert body(client.get("/bearer/")) == "bearer call 3 for anonymous"
+    assert body(client.get("/bearer/")) == "bearer call 3 for anonymous"
+    assert body(client.get("/bearer/", headers=alice)) == "bearer call 4 for Bearer alice"
+    assert client.head("/bearer/", headers=bob).status_code == 200
+    assert calls["bearer"] == 5
+
+    async def scenario() -> None:
+        first = await async_client.get("/async/bearer/", headers=alice)
+        assert body(first) == "async bearer call 1 for Bearer alice"
+        second = await async_client.get("/async/bearer/", headers=bob)
+        assert body(second) == "async bearer call 2 for Bearer bob"
+        assert body(await async_client.get("/async/bearer/")) == "async bearer call 3 for anonymous"
+        assert body(await async_client.get("/async/bearer/")) == "async bearer call 3 for anonymous"
+        again = await async_client.get("/async/bearer/", headers=alice)
+        assert body(again) == "async bearer call 4 for Bearer alice"
+
+    async_to_sync(scenario)()
+
+    varied = "/bearer/varied/"
+    assert body(client.get(varied, headers=alice)) == "bearer varied call 1 for Bearer alice"
+    assert body(client.get(varied, headers=bob)) == "bearer varied call 2 for Bearer bob"
+    assert body(client.get(varied, headers=alice)) == "bearer varied call 1 for Bearer alice"
+    assert client.get(varied, headers=alice)["Vary"] == "Authorization"
+
+
+@row(
+    "A cached page showing the visitor's flash message (``django.contrib.messages``, cookie "
+    "storage) (issue 13, 4)",
+    "a visitor with a pending message asks for a ``cache_page_tagged`` page first, then "
+    "another visitor asks for it",
+    "the first page (with the message) is not stored; the second visitor sees no message; a "
+    "page that showed no message is cached as before",
+)
+@pytest.mark.urls("tests.surfaces_urls")
+def test_a_page_showing_a_flash_message_is_not_stored(client, calls):
+    client.get("/remember/")
+    assert body(client.get("/messages/")) == "messages call 1 saved"
+    other = Client()
+    assert body(other.get("/messages/")) == "messages call 2 none"
+    assert body(other.get("/messages/")) == "messages call 2 none"
+    assert body(client.get("/messages/")) == "messages call 2 none"
 
 
 @pytest.mark.urls("tests.surfaces_urls")

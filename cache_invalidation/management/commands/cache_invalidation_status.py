@@ -34,6 +34,12 @@ class Command(BaseCommand):
     UNREADABLE = "{what}: not readable: {error}"
     INDEX = "Tag index: {tag_sets} tag set(s), {members} member(s), {dead_members} dead"
     INDEX_SKIPPED = "Tag index: not scanned (add --index)"
+    WARNING = "Warning: {warning}."
+    EVICTION = (
+        "  eviction  {state:<9} maxmemory-policy {policy}, maxmemory {maxmemory}, "
+        "evicted_keys {evicted}"
+    )
+    EVICTION_UNREADABLE = "  eviction  -         not readable: {error}"
     HEALTHY = "Healthy."
     UNHEALTHY = "Unhealthy: {problems}."
     BAD_DATABASE = "--database {alias!r} is not a database alias; choose one of: {choices}."
@@ -68,6 +74,9 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(status, default=str, indent=2))
         elif options["verbosity"] >= 1:
             self._table(status)
+        if not options["json"] and options["verbosity"] >= 1:
+            for warning in status.get("warnings", ()):
+                self.stderr.write(self.style.WARNING(self.WARNING.format(warning=warning)))
         if not status["healthy"]:
             raise CommandError(
                 self.UNHEALTHY.format(problems="; ".join(status["problems"])), returncode=1
@@ -85,6 +94,8 @@ class Command(BaseCommand):
                 continue
             state = self.style.SUCCESS("ok") if check["ok"] else self.style.ERROR("DOWN")
             write(self.CHECK.format(name=name, state=state, detail=_detail(name, check)))
+            if name == "cache" and check.get("eviction"):
+                self._eviction(check["eviction"])
         write(self.TRANSPORT.format(transport=status["transport"], alias=status["cache_alias"]))
 
         metrics = status["metrics"]
@@ -147,6 +158,25 @@ class Command(BaseCommand):
             write(self.UNREADABLE.format(what="Tag index", error=index["error"]))
         else:
             write(self.INDEX_SKIPPED)
+
+    def _eviction(self, eviction: dict[str, Any]) -> None:
+        if not eviction.get("readable"):
+            self.stdout.write(self.EVICTION_UNREADABLE.format(error=eviction.get("error")))
+            return
+        if eviction["evicts"]:
+            state = self.style.ERROR("EVICTS")
+        elif eviction["evicted_keys"]:
+            state = self.style.WARNING("evicted")
+        else:
+            state = self.style.SUCCESS("ok")
+        self.stdout.write(
+            self.EVICTION.format(
+                state=state,
+                policy=eviction["policy"],
+                maxmemory=eviction["maxmemory"],
+                evicted=eviction["evicted_keys"],
+            )
+        )
 
 
 def _detail(name: str, check: dict[str, Any]) -> str:

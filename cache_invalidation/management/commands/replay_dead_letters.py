@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import deadletter
-from ..options import Progress, duration
+from ..options import Progress, duration, positive_int
 
 
 class Command(BaseCommand):
@@ -55,9 +55,11 @@ class Command(BaseCommand):
         older_than = duration(options["older_than"]) if options["older_than"] else None
         if not (ids or options["all"] or older_than):
             raise CommandError(self.NEED_SELECTION, returncode=2)
+        for pk in ids or ():
+            positive_int("--id", pk)
         limit = options["limit"]
-        if limit is not None and limit <= 0:
-            raise CommandError(f"--limit must be a positive number, got {limit}.", returncode=2)
+        if limit is not None:
+            positive_int("--limit", limit)
         rows = deadletter.pending(ids=ids, older_than=older_than)
         if limit:
             rows = rows[:limit]
