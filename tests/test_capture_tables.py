@@ -15,6 +15,7 @@ from django.db.models import Count, Exists, F, OuterRef, Subquery
 
 from cache_invalidation import cached, no_invalidation, tagged_cache
 from cache_invalidation.capture import capturing
+from tests.faults import row
 from tests.testapp.models import (
     Brand,
     Card,
@@ -212,6 +213,10 @@ def test_raw_records_its_model(world):
 # 3. Many-to-many: through tables, fast deletes, through-model writes.
 
 
+@row("Deleting one side of a many-to-many (fast delete of the through rows)",
+     "Brand.delete() while Label.objects.filter(brands=brand) is cached; Django removes the "
+     "through rows with a raw delete and sends no signal",
+     "the cached labels are invalidated (the through table's tags); no extra query per row")
 def test_deleting_one_side_invalidates_reads_across_the_relation(world):
     acme = world["acme"]
 
@@ -249,6 +254,11 @@ THROUGH_WRITES = {
 }
 
 
+@row("Writes through a many-to-many's through model",
+     "through.objects.create(), bulk_create([...]), filter().delete() and update() on an "
+     "auto-created through model, with a value that read the relation cached",
+     "the value and both sides' declared tags (as m2m_changed would name them) are "
+     "invalidated; a recomputation sees the write")
 @pytest.mark.parametrize("name", sorted(THROUGH_WRITES))
 def test_writes_through_the_through_model_invalidate_both_sides(world, name, recorder):
     acme, red, blue = world["acme"], world["red"], world["blue"]
@@ -266,6 +276,10 @@ def test_writes_through_the_through_model_invalidate_both_sides(world, name, rec
     assert {f"label:{red.pk}", f"label:{blue.pk}"} & recorder.tags
 
 
+@row("Writes of an explicit through= model that declares nothing",
+     "Enrollment.objects.create() and .all().delete() under Course.students "
+     "(ManyToManyField(through=...)), with the course's students cached",
+     "the cached students and the course's on_fields tag for the relation are invalidated")
 def test_an_explicit_through_model_that_declares_nothing_invalidates(world):
     course = Course.objects.create(title="maths")
 
@@ -381,6 +395,11 @@ def _read_in_other_thread(key):
     return seen[0]
 
 
+@row("A value computed from a transaction's own uncommitted writes",
+     "inside atomic(), a save, then get_or_set of a value reading that row; another thread "
+     "reads the cache before the commit",
+     "the caller gets the value; nothing is stored (the other thread sees no entry); after "
+     "the commit it is cached")
 def test_a_value_computed_from_the_transactions_own_writes_is_not_stored(world):
     ann = world["ann"]
 
