@@ -27,6 +27,10 @@ _WORD = re.compile(r"[\w$]+")
 """An identifier: table names are found among a statement's words (one C-level pass)."""
 
 
+SEEN_STATEMENTS = 2048
+"""Statements whose tables an index remembers (then it forgets them all and starts over)."""
+
+
 class TableIndex:
     """Table name -> collection tags, and a scanner for statements."""
 
@@ -37,23 +41,38 @@ class TableIndex:
         # A name that is not one word ("schema"."table", a dash): looked for as text.
         self._odd = tuple(n for n in self._by_lower if n not in self._known)
         self._sources: dict[str, re.Pattern[str]] = {}
+        # Statements repeat (parameters travel apart from the SQL): remember what each named.
+        self._seen: dict[str, frozenset[str]] = {}
+        self._counted: dict[tuple[str, str], int] = {}
 
     def tables(self, sql: str) -> frozenset[str]:
         """The declared tables ``sql`` names (bare, "quoted", `backticked` or [bracketed])."""
-        low = sql.lower()
-        found = set(self._known.intersection(_WORD.findall(low)))
-        found.update(name for name in self._odd if name in low)
-        return frozenset(self._by_lower[name] for name in found)
+        tables = self._seen.get(sql)
+        if tables is None:
+            low = sql.lower()
+            found = set(self._known.intersection(_WORD.findall(low)))
+            found.update(name for name in self._odd if name in low)
+            tables = frozenset(self._by_lower[name] for name in found)
+            if len(self._seen) >= SEEN_STATEMENTS:
+                self._seen.clear()  # bounded: a process with many shapes starts over
+            self._seen[sql] = tables
+        return tables
 
     def sources(self, sql: str, table: str) -> int:
         """How often ``sql`` names ``table`` as a row source (in ``FROM``/``JOIN``, a
         subquery or another part of a combined query), not as a column's qualifier."""
-        pattern = self._sources.get(table)
-        if pattern is None:
-            pattern = self._sources[table] = re.compile(
-                r"(?<![\w$])[\"`\[]?" + re.escape(table.lower()) + r"(?![\w$])(?![\"`\]]?\s*\.)"
-            )
-        return len(pattern.findall(sql.lower()))
+        count = self._counted.get((sql, table))
+        if count is None:
+            pattern = self._sources.get(table)
+            if pattern is None:
+                pattern = self._sources[table] = re.compile(
+                    r"(?<![\w$])[\"`\[]?" + re.escape(table.lower()) + r"(?![\w$])(?![\"`\]]?\s*\.)"
+                )
+            count = len(pattern.findall(sql.lower()))
+            if len(self._counted) >= SEEN_STATEMENTS:
+                self._counted.clear()
+            self._counted[(sql, table)] = count
+        return count
 
     def tags(self, tables: Iterable[str]) -> list[str]:
         found: dict[str, None] = {}
