@@ -13,20 +13,18 @@ end and leaves an inert entry in its old place, so no other entry changes or mov
 
 from __future__ import annotations
 
-import itertools
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connections, transaction
 from django.db.transaction import TransactionManagementError
 
 from .events import InvalidationEvent
+from .pending import ATTR, Marker, next_seq
 
 logger = logging.getLogger("cache_invalidation")
-
-_ATTR = "_cache_invalidation_batch"
 
 
 class Batch:
@@ -43,8 +41,8 @@ class Batch:
 
     def flush(self) -> None:
         connection = connections[self.alias]
-        if getattr(connection, _ATTR, None) is self:
-            delattr(connection, _ATTR)
+        if getattr(connection, ATTR, None) is self:
+            delattr(connection, ATTR)
         done = [self.entries[i] for i in sorted(set(self.committed))]
         if not done:
             return
@@ -132,14 +130,14 @@ def emit(
         else:
             publish_now([event])
         return
-    batch: Batch | None = getattr(connection, _ATTR, None)
+    batch: Batch | None = getattr(connection, ATTR, None)
     hooks: list[Any] = connection.run_on_commit
     fresh = batch is None or not _keep_last(hooks, batch.flush)
     if fresh:
         # First event of this transaction, or the previous batch was rolled back whole
         # (its flusher is gone with its markers): start afresh.
         batch = Batch(using, outbox=use_outbox)
-        setattr(connection, _ATTR, batch)
+        setattr(connection, ATTR, batch)
     assert batch is not None
     if use_outbox:
         from . import outbox
@@ -147,81 +145,12 @@ def emit(
         outbox.write(event, batch.id, using)
     index = len(batch.entries)
     batch.entries.append((event, after_commit))
-    batch.seqs.append(next(_sequence))
-    transaction.on_commit(_Marker(batch, index), using=using, robust=True)
+    batch.seqs.append(next_seq())
+    transaction.on_commit(Marker(batch, index), using=using, robust=True)
     if fresh:
         transaction.on_commit(batch.flush, using=using, robust=True)
     else:
         _keep_last(hooks, batch.flush)
-
-
-class _Marker:
-    __slots__ = ("batch", "index")
-
-    def __init__(self, batch: Batch, index: int) -> None:
-        self.batch = batch
-        self.index = index
-
-    def __call__(self) -> None:
-        self.batch.confirm(self.index)
-
-
-_sequence = itertools.count(1)
-"""Numbers every event emitted inside a transaction, so a computation knows which came after
-it started (see :func:`reads_uncommitted`)."""
-
-
-def emitted_so_far() -> int:
-    """A mark to pass to :func:`reads_uncommitted` once a computation is done."""
-    return next(_sequence)
-
-
-def reads_uncommitted(tags: Collection[str], since: int) -> bool:
-    """Whether a value tagged ``tags`` may hold rows this thread's open transactions wrote.
-
-    Rule: the value must not reach the shared cache if an uncommitted event of this thread
-    (an event whose commit would invalidate it) names one of its tags. It is exactly as
-    precise as invalidation itself: a value that no pending event would invalidate does not
-    depend on what the transaction wrote, or that write's event would miss it after commit
-    too. An event counts while its marker is in the connection's commit hooks (a rolled-back
-    savepoint takes its markers, and its rows, with it), and also when it was emitted after
-    ``since`` (the computation may have read a row before its savepoint rolled back).
-
-    Events registered while only ``TestCase`` atomic blocks are open count as committed: the
-    test's own transaction is the baseline its code runs on (Django's durability check treats
-    those blocks the same way).
-    """
-    wanted = set(tags)
-    for connection in connections.all(initialized_only=True):
-        batch: Batch | None = getattr(connection, _ATTR, None)
-        if batch is None:
-            continue
-        pending = _pending(connection, batch)
-        for index, (event, _) in enumerate(batch.entries):
-            counts = pending.get(index)
-            if counts is None:  # rolled back, or its transaction ended since
-                counts = batch.seqs[index] > since
-            if counts and not wanted.isdisjoint(event.tags):
-                return True
-    return False
-
-
-def _pending(connection: Any, batch: Batch) -> dict[int, bool]:
-    """Entry index -> whether it is uncommitted work, for the entries whose markers are still
-    in the connection's commit hooks (False for those a ``TestCase`` block registered)."""
-    if not connection.in_atomic_block:
-        return {}
-    blocks = connection.atomic_blocks
-    leading = 0
-    while leading < len(blocks) and getattr(blocks[leading], "_from_testcase", False):
-        leading += 1
-    # savepoint_ids[i] belongs to atomic_blocks[i + 1]: the outermost block has no savepoint.
-    baseline = set(connection.savepoint_ids[: leading - 1]) if leading else None
-    found: dict[int, bool] = {}
-    for sids, func, *_ in connection.run_on_commit:
-        if isinstance(func, _Marker) and func.batch is batch:
-            found[func.index] = baseline is None or not set(sids) <= baseline
-    return found
 
 
 def _keep_last(hooks: list[Any], flusher: Callable[[], None]) -> bool:

@@ -5,12 +5,13 @@ duplicate marks, the rate-limit counters, the delivery counter), each after the 
 itself: on a 0.1 ms loopback that was most of a ``sync`` save's overhead and most of a
 worker's time per task (see docs/benchmarks.rst). A :class:`Bookkeeping` collects them; the
 Redis backend runs them **inside the invalidation script** (one round trip for everything,
-atomic with the invalidation, so ids are marked applied only if it succeeded), and any other
-backend, or a caller with nothing to invalidate, runs them with :meth:`Bookkeeping.write`.
+atomic with the invalidation, so ids are marked applied only if it succeeded); with nothing to
+invalidate, a backend writes them on their own (``Backend.write_bookkeeping``: one pipeline on
+Redis, the Django cache API elsewhere). This module does no I/O of its own.
 
 Names are logical cache keys: they go through the cache's ``make_key`` (``KEY_PREFIX``,
 ``VERSION``) like every other key of the app. Writes never break the work they count: in the
-script each one runs under ``redis.pcall``; :meth:`write` catches and logs at DEBUG.
+script each one runs under ``redis.pcall``; a backend's own write catches and logs at DEBUG.
 """
 
 from __future__ import annotations
@@ -66,44 +67,17 @@ class Bookkeeping:
         self.totals = [None if t is False or t is None else int(t) for t in (totals or [])]
 
     # -- anywhere else -----------------------------------------------------------------------
-    def write(self, cache: Any, what: str = "bookkeeping") -> None:
-        """Run everything now, in one pipelined round trip on django-redis, or through the
-        Django cache API on any other backend (several calls). Never raises."""
-        from .tagging import is_django_redis
+    def failed(self, exc: BaseException, what: str = "bookkeeping") -> None:
+        """A backend could not write this: the totals are unknown; logged at DEBUG."""
+        self.totals = [None] * len(self.rates)
+        logger.debug(
+            "cache_invalidation: %s not recorded: %s", what, exc, extra=log_extra(stage="metrics")
+        )
 
-        try:
-            if is_django_redis(cache):
-                self._write_redis(cache)
-            else:
-                self._write_generic(cache)
-        except Exception as exc:  # bookkeeping must never break the work it accounts for
-            self.totals = [None] * len(self.rates)
-            logger.debug(
-                "cache_invalidation: %s not recorded: %s",
-                what,
-                exc,
-                extra=log_extra(stage="metrics"),
-            )
-
-    def _write_redis(self, cache: Any) -> None:
-        make_key = cache.client.make_key
-        pipe = cache.client.get_client(write=True).pipeline(transaction=False)
-        for name, ttl in self.marks:
-            pipe.set(make_key(name), 1, ex=ttl)
-        for name, ttl, fields in self.counters:
-            key = make_key(name)
-            for f, n in fields.items():
-                pipe.hincrby(key, f, n)
-            pipe.expire(key, ttl)
-        for name, amount, ttl in self.rates:
-            key = make_key(name)
-            pipe.set(key, 0, ex=ttl, nx=True)
-            pipe.incrby(key, amount)
-        if self.deletes:
-            pipe.delete(*(make_key(name) for name in self.deletes))
-        replies = pipe.execute()
-        offset = len(self.marks) + sum(len(f) + 1 for _, _, f in self.counters)
-        self.totals = [int(replies[offset + 2 * i + 1]) for i in range(len(self.rates))]
+    def write_generic(self, cache: Any) -> None:
+        """Run everything through the Django cache API (several calls; any backend). Raises
+        what the cache raises; backends call it (see ``Backend.write_bookkeeping``)."""
+        self._write_generic(cache)
 
     def _write_generic(self, cache: Any) -> None:
         # One key per hash field: other backends have no hashes (metrics reads this layout).

@@ -54,7 +54,7 @@ from .resolve import (
     resolve,
     unknown_foreign_key_tag,
 )
-from .rowstates import CHUNK, State
+from .rowstates import CHUNK, STATE, State
 from .suspend import suspended
 
 
@@ -385,8 +385,6 @@ def _own_transaction(using: str) -> Iterator[None]:
 
 
 def _remember(obj: models.Model, state: Mapping[str, Any]) -> None:
-    from .receivers import STATE  # receivers imports this module for its delete hook
-
     obj.__dict__.setdefault(STATE, {}).update(state)
 
 
@@ -410,8 +408,6 @@ def _advance(objs: Iterable[models.Model], states: dict[Any, State]) -> Callable
 def _settle(objs: Iterable[models.Model], policy: Policy, written: set[str] | None) -> None:
     """Without an event, still move remembered states to what was written, so a later save()
     starts from the stored row; values that are expressions are forgotten (read when needed)."""
-    from .receivers import STATE
-
     fields = [a for a in rowstates.watched(policy) if written is None or a in written]
     for obj in objs:
         state = obj.__dict__.setdefault(STATE, {})

@@ -42,8 +42,9 @@ from django.db.models.sql.where import WhereNode
 
 from . import tables
 from .registry import registry
-from .resolve import auto_labels, foreign_key_tag, instance_tag, key_text
+from .resolve import key_text
 from .tables import TableIndex
+from .tagnames import auto_labels, foreign_key_tag, instance_tag
 
 MAX_IN_VALUES = 50
 """A ``<foreign key>__in=[...]`` condition with more values than this is not narrowed."""

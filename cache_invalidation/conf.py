@@ -97,12 +97,12 @@ def celery_broker_configured() -> bool:
     return bool(current_app.conf.broker_url)
 
 
+CONFIG_SETTINGS = frozenset({"CACHE_INVALIDATION", "CELERY_BROKER_URL", "BROKER_URL", "CACHES"})
+"""The Django settings :func:`get_config` reads. A module that caches something derived from
+them resets itself on ``setting_changed`` for these (this module imports nobody)."""
+
+
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("CACHE_INVALIDATION", "CELERY_BROKER_URL", "BROKER_URL", "CACHES"):
+    if setting in CONFIG_SETTINGS:
         get_config.cache_clear()
-        from cache_invalidation import storm, tagging, transports
-
-        tagging.reset_backends()
-        storm.forget_rates()
-        transports.reset()

@@ -104,12 +104,10 @@ def _text(error: BaseException | str) -> str:
 
 def _backoff(attempts: int) -> timedelta:
     from .conf import get_config
+    from .retry import backoff
 
-    config = get_config()
-    seconds = min(
-        float(config["RETRY_BACKOFF_MAX"]), max(float(config["RETRY_BACKOFF"]), 1.0) * 2**attempts
-    )
-    return timedelta(seconds=seconds)
+    # Never sooner than a second: the periodic replay must not spin on a failing row.
+    return timedelta(seconds=backoff(attempts, get_config(), floor=1.0))
 
 
 def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str) -> None:

@@ -59,7 +59,7 @@ def lookup(ids: Iterable[str], counter: str) -> tuple[set[str], int]:
     """The ids already applied, and ``counter`` incremented (created for ``DEDUP_WINDOW``
     seconds): one pipelined round trip on django-redis. If the cache cannot be reached: no
     id applied, and a count of 1 (the attempt fails anyway and is retried)."""
-    from .tagging import is_django_redis
+    from .backends import is_django_redis
 
     ids = list(ids)
     try:

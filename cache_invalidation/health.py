@@ -82,8 +82,8 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     """
     from django.core.cache import caches
 
+    from .backends import is_django_redis
     from .conf import get_config
-    from .tagging import is_django_redis
 
     alias = str(get_config()["CACHE_ALIAS"])
     result: dict[str, Any] = {
@@ -214,7 +214,7 @@ def redis_eviction(alias: str, timeout: float = 0.5) -> dict[str, Any] | None:
     backend. Never raises: an unreachable server is ``{"readable": False, "error": ...}``."""
     from django.core.cache import caches
 
-    from .tagging import is_django_redis
+    from .backends import is_django_redis
 
     try:
         cache = caches[alias]

@@ -252,8 +252,8 @@ def bind(pattern: str, alias: str | None = None) -> KeyPattern:
     """Check ``pattern`` and bind it to the cache ``alias`` (default ``CACHE_ALIAS``)."""
     from django.core.cache import caches
 
+    from .backends import is_django_redis
     from .conf import get_config
-    from .tagging import is_django_redis
 
     check_pattern(pattern)
     alias = alias or str(get_config()["CACHE_ALIAS"])

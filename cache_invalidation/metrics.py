@@ -162,24 +162,26 @@ def bucket_writes(fields: Counter[str], now: float) -> list[tuple[str, int, dict
 
 def _write(fields: Counter[str], now: float | None = None) -> None:
     """Add ``fields`` to the minute, hour and total buckets: one pipeline on django-redis."""
+    from .backends import backend_for
     from .bookkeeping import Bookkeeping
+    from .conf import get_config
 
     if not fields:
         return
     try:
-        cache = _cache()
+        backend = backend_for(get_config()["CACHE_ALIAS"])
     except Exception as exc:  # counting must never break the work it counts
         logger.debug(
             "cache_invalidation: metrics not recorded: %s", exc, extra=log_extra(stage="metrics")
         )
         return
     counters = bucket_writes(fields, time.time() if now is None else now)
-    Bookkeeping(counters=counters).write(cache, "metrics")
+    backend.write_bookkeeping(Bookkeeping(counters=counters), "metrics")
 
 
 def _redis(cache: Any) -> Any:
     """The raw redis-py client of a django-redis cache, or None for other backends."""
-    from .tagging import is_django_redis
+    from .backends import is_django_redis
 
     return cache.client.get_client(write=True) if is_django_redis(cache) else None
 

@@ -142,7 +142,7 @@ def relay(
                     OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
                     result.dead_lettered += 1
                     continue
-                from .tasks import backoff
+                from .retry import backoff
 
                 OutboxEvent.objects.using(using).filter(pk__in=ids).update(
                     attempts=attempts,

@@ -25,16 +25,8 @@ from .events import InvalidationEvent
 from .registry import Policy, registry
 from .related import related_invalidations
 from .resolve import changed_fields, resolve
+from .rowstates import CLEARED, PENDING, STATE, remember
 from .suspend import suspended
-
-STATE = "_cache_invalidation_state"
-PENDING = "_cache_invalidation_old"
-CLEARED = "_cache_invalidation_cleared"
-
-
-def remember(instance: models.Model, policy: Policy) -> None:
-    data = instance.__dict__
-    data[STATE] = {a: data[a] for a in policy.tracked if a in data}
 
 
 def on_post_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:

@@ -26,24 +26,27 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from .registry import Policy
+from .tagnames import (
+    auto_labels,
+    coarse_tag,
+    collection_tag,
+    foreign_key_tag,
+    instance_tag,
+)
 
-
-def auto_labels(model: type[models.Model]) -> tuple[str, ...]:
-    """The labels automatic tags use for rows of ``model``: concrete model, then parents."""
-    concrete = model._meta.concrete_model or model
-    return (concrete._meta.label, *(p._meta.label for p in concrete._meta.get_parent_list()))
-
-
-def instance_tag(label: str, pk: Any) -> str:
-    return f"{label}:{pk}"
-
-
-def collection_tag(label: str) -> str:
-    return f"{label}:*"
-
-
-def foreign_key_tag(label: str, attname: str, text: str) -> str:
-    return f"{label}:{attname}={text}"
+__all__ = [  # the tag spellings are re-exported for the modules that resolve
+    "auto_labels",
+    "automatic_tags",
+    "changed_fields",
+    "collection_tag",
+    "foreign_key_tag",
+    "foreign_key_tags",
+    "foreign_keys",
+    "instance_tag",
+    "key_text",
+    "resolve",
+    "unknown_foreign_key_tag",
+]
 
 
 @cache
@@ -97,8 +100,6 @@ def foreign_key_tags(model: type[models.Model], state: Mapping[str, Any]) -> lis
 
 def unknown_foreign_key_tag(label: str) -> str:
     """What to invalidate when a foreign key's value under ``label`` is not known."""
-    from .storm import coarse_tag
-
     return coarse_tag(label)
 
 

@@ -1,4 +1,8 @@
-"""Reading the watched values of the rows a bulk write touches. Used by :mod:`.bulk`.
+"""Row states: what each instance remembers, and the watched values bulk writes read.
+
+Every instance of a declared model keeps, in ``instance.__dict__[STATE]``, the values of the
+fields its policy watches as they were stored (:func:`remember`); the receivers and the bulk
+methods both read and move it, so it lives here, below both.
 
 A *state* maps attribute names to stored values (see :mod:`.resolve`). Rows are read by key in
 chunks so that no statement exceeds a backend's parameter limit, and locked with
@@ -19,6 +23,20 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connections, models, transaction
 
 from .registry import Policy
+
+STATE = "_cache_invalidation_state"
+"""Where an instance keeps its remembered state (attname -> stored value)."""
+PENDING = "_cache_invalidation_old"
+"""Where a write keeps the old state between its pre_ and post_ signal."""
+CLEARED = "_cache_invalidation_cleared"
+"""Where an m2m ``clear()`` keeps the keys it removed, between pre_clear and post_clear."""
+
+
+def remember(instance: models.Model, policy: Policy) -> None:
+    """Remember the loaded values of ``policy``'s watched fields on ``instance``."""
+    data = instance.__dict__
+    data[STATE] = {a: data[a] for a in policy.tracked if a in data}
+
 
 CHUNK = 500
 """Keys per statement on backends that limit query parameters (SQLite allows 999)."""

@@ -30,16 +30,17 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
 from . import metrics
 from .bookkeeping import Bookkeeping
+from .conf import CONFIG_SETTINGS, get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
+from .tagnames import auto_labels, coarse_tag, is_coarse
 
 logger = logging.getLogger("cache_invalidation")
-
-
-def coarse_tag(label: str) -> str:
-    return f"{label}:#"
 
 
 @lru_cache(maxsize=1)
@@ -90,10 +91,16 @@ def forget_rates() -> None:
     _over.clear()
 
 
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in CONFIG_SETTINGS:
+        forget_rates()
+
+
 def coarse_tags_for(tags: Iterable[str]) -> list[str]:
     """The coarse tags an entry with ``tags`` must also carry."""
     labels: dict[str, None] = {}
-    tag_list = [t for t in tags if not t.endswith(":#")]
+    tag_list = [t for t in tags if not is_coarse(t)]
     for label, pattern in _patterns():
         if any(pattern.fullmatch(tag) for tag in tag_list):
             labels[label] = None
@@ -106,7 +113,6 @@ def control(events: list[InvalidationEvent], bookkeeping: Bookkeeping) -> list[I
     The batch's events are added to their models' counters by ``bookkeeping`` (on Redis, in
     the invalidation's own script call); call :func:`learn` with it once written.
     """
-    from .conf import get_config
 
     config = get_config()
     cap = int(config["MAX_TAGS_PER_EVENT"])
@@ -145,7 +151,6 @@ def _coarse_for_event(event: InvalidationEvent) -> list[str]:
     from django.apps import apps
 
     from .registry import registry
-    from .resolve import auto_labels
 
     labels: dict[str, None] = {}
     if event.entity_type:
@@ -203,7 +208,6 @@ def _over_rate(
 
 def learn(bookkeeping: Bookkeeping) -> None:
     """Remember the models whose shared count ``bookkeeping`` found over the limit."""
-    from .conf import get_config
 
     limit = int(get_config()["MODEL_RATE_LIMIT"])
     if limit <= 0:

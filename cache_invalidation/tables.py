@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from django.db import models
 
-from .resolve import collection_tag
+from .tagnames import collection_tag
 
 _WORD = re.compile(r"[\w$]+")
 """An identifier: table names are found among a statement's words (one C-level pass)."""

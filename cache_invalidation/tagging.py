@@ -10,7 +10,6 @@ what ``cache.set(key, ...)`` wrote.
 from __future__ import annotations
 
 import builtins
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -19,52 +18,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from . import batching, recorder
-from .backends import MISSING, Backend, Lookup
+from . import pending, recorder
+from .backends import MISSING, Backend, Lookup, backend_for
 from .bookkeeping import Bookkeeping
-
-_backends: dict[str, Backend] = {}
-_lock = threading.Lock()
-
-
-def reset_backends() -> None:
-    """Forget the backends built so far (settings changed)."""
-    with _lock:
-        _backends.clear()
-
-
-def backend_for(alias: str) -> Backend:
-    backend = _backends.get(alias)
-    if backend is None:
-        with _lock:
-            backend = _backends.get(alias)
-            if backend is None:
-                backend = _backends[alias] = _build(alias)
-    return backend
-
-
-def _build(alias: str) -> Backend:
-    from django.core.cache import caches
-
-    from .conf import get_config
-
-    cache = caches[alias]
-    max_ttl = int(get_config()["MAX_TTL"])
-    if is_django_redis(cache):
-        from .backends.redis import RedisTagBackend
-
-        return RedisTagBackend(cache, max_ttl)
-    from .backends.stamps import StampBackend
-
-    return StampBackend(cache, max_ttl)
-
-
-def is_django_redis(cache: Any) -> bool:
-    try:
-        from django_redis.cache import RedisCache
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(cache, RedisCache) and hasattr(cache.client, "get_client")
+from .conf import get_config
 
 
 def record_outer(tags: list[str]) -> None:
@@ -75,7 +32,6 @@ def record_outer(tags: list[str]) -> None:
 
 
 def _config() -> dict[str, Any]:
-    from .conf import get_config
 
     return get_config()
 
@@ -121,7 +77,6 @@ class TaggedCache:
     def alias(self) -> str:
         if self._alias is not None:
             return self._alias
-        from .conf import get_config
 
         return str(get_config()["CACHE_ALIAS"])
 
@@ -130,7 +85,6 @@ class TaggedCache:
         return backend_for(self.alias)
 
     def _timeout(self, timeout: int | None) -> int:
-        from .conf import get_config
 
         max_ttl = int(get_config()["MAX_TTL"])
         if timeout is None:
@@ -261,7 +215,7 @@ class TaggedCache:
         capture: bool,
         keep_stale: bool,
     ) -> Any:
-        mark = batching.emitted_so_far()
+        mark = pending.emitted_so_far()
         try:
             with _capture_if(capture) as captured:
                 value = default() if callable(default) else default
@@ -286,9 +240,9 @@ class TaggedCache:
         mark: int | None = None,
     ) -> bool:
         """Store a computed value, unless it may hold uncommitted rows (``mark``: see
-        :func:`.batching.reads_uncommitted`); then it is only returned to its caller."""
+        :func:`.pending.reads_uncommitted`); then it is only returned to its caller."""
         all_tags = _with_coarse(tags + sorted(captured.difference(tags)))
-        if mark is not None and batching.reads_uncommitted(all_tags, mark):
+        if mark is not None and pending.reads_uncommitted(all_tags, mark):
             if lease:
                 self.backend.release(key, lease)
             recorder.read(self, key, False, all_tags)

@@ -10,7 +10,6 @@ runs rather than frozen into decorator arguments at import time, so settings sta
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import shared_task
@@ -24,6 +23,7 @@ from .backends import PartialInvalidation
 from .conf import get_config
 from .events import InvalidEventError, decode_batch
 from .logfields import log_extra
+from .retry import backoff
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -34,14 +34,6 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-def backoff(retries: int, config: dict[str, Any]) -> float:
-    """Seconds to wait before retry number ``retries + 1``."""
-    countdown = min(float(config["RETRY_BACKOFF_MAX"]), float(config["RETRY_BACKOFF"]) * 2**retries)
-    if config["RETRY_JITTER"]:
-        countdown = random.uniform(0, countdown)
-    return max(0.0, countdown)
 
 
 @shared_task(

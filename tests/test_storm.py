@@ -6,10 +6,10 @@ import logging
 from decimal import Decimal
 
 import pytest
-from django.core.cache import caches
 from django.db import transaction
 
 from cache_invalidation import invalidate, metrics, no_invalidation, storm, tagged_cache
+from cache_invalidation.backends import backend_for
 from cache_invalidation.bookkeeping import Bookkeeping
 from cache_invalidation.events import InvalidationEvent
 from cache_invalidation.storm import coarse_tags_for
@@ -90,7 +90,7 @@ def test_the_rate_count_is_shared_across_processes(settings):
     book = Bookkeeping()
     storm.control([InvalidationEvent(type="updated", entity_type="shop.Product",
                                      entity_id=str(i), tags=("x",)) for i in range(3)], book)
-    book.write(caches["default"])
+    backend_for("default").write_bookkeeping(book)
     storm.forget_rates()  # this process knows nothing of it
     tagged_cache.set("bystander", "x", tags=[f"product:{products[2].pk}"])
     products[0].save()  # the fourth event in the window: precise, and learns

@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from ..bookkeeping import LUA as BOOKKEEPING_LUA
 from ..bookkeeping import Bookkeeping
 from ..logfields import log_extra
-from . import MISSING, Lookup, PartialInvalidation
+from .base import MISSING, Lookup, PartialInvalidation
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -378,6 +378,33 @@ class RedisTagBackend:
     def delete(self, key: str) -> bool:
         return bool(self._redis().delete(self._key(key)))
 
+    def write_bookkeeping(self, bookkeeping: Bookkeeping, what: str = "bookkeeping") -> None:
+        """Write ``bookkeeping`` on its own: one pipelined round trip. Never raises."""
+        try:
+            make_key = self.cache.client.make_key
+            pipe = self.cache.client.get_client(write=True).pipeline(transaction=False)
+            for name, ttl in bookkeeping.marks:
+                pipe.set(make_key(name), 1, ex=ttl)
+            for name, ttl, fields in bookkeeping.counters:
+                key = make_key(name)
+                for f, n in fields.items():
+                    pipe.hincrby(key, f, n)
+                pipe.expire(key, ttl)
+            for name, amount, ttl in bookkeeping.rates:
+                key = make_key(name)
+                pipe.set(key, 0, ex=ttl, nx=True)
+                pipe.incrby(key, amount)
+            if bookkeeping.deletes:
+                pipe.delete(*(make_key(name) for name in bookkeeping.deletes))
+            replies = pipe.execute()
+        except Exception as exc:  # bookkeeping must never break the work it accounts for
+            bookkeeping.failed(exc, what)
+            return
+        offset = len(bookkeeping.marks) + sum(len(f) + 1 for _, _, f in bookkeeping.counters)
+        bookkeeping.totals = [
+            int(replies[offset + 2 * i + 1]) for i in range(len(bookkeeping.rates))
+        ]
+
     def invalidate(
         self,
         tags: Sequence[str],
@@ -389,7 +416,7 @@ class RedisTagBackend:
         remaining = list(drains)  # sets an earlier failure left to drain
         if not tags and not keys:
             if bookkeeping:
-                bookkeeping.write(self.cache)
+                self.write_bookkeeping(bookkeeping)
             return self._finish(remaining, deleted)
         # At most TAGS_PER_CALL tags and KEYS_PER_CALL keys per call. Safe to split: a store
         # between two calls whose tags are not stamped yet adds itself to their member sets,

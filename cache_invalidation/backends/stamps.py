@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..bookkeeping import Bookkeeping
-from . import MISSING, Lookup
+from .base import MISSING, Lookup
 
 SEQ = "ci:seq"
 
@@ -178,5 +178,12 @@ class StampBackend:
         if keys:
             self.cache.delete_many(list(keys))
         if bookkeeping:
-            bookkeeping.write(self.cache)
+            self.write_bookkeeping(bookkeeping)
         return len(keys)
+
+    def write_bookkeeping(self, bookkeeping: Bookkeeping, what: str = "bookkeeping") -> None:
+        """Write ``bookkeeping`` through the Django cache API. Never raises."""
+        try:
+            bookkeeping.write_generic(self.cache)
+        except Exception as exc:  # bookkeeping must never break the work it accounts for
+            bookkeeping.failed(exc, what)

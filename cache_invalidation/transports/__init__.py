@@ -7,10 +7,13 @@ with the events and sent as the ``invalidation_failed`` signal.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from ..conf import CONFIG_SETTINGS, get_config
 from ..events import InvalidationEvent
 
 TRANSPORTS = {
@@ -36,7 +39,6 @@ def published(events: list[InvalidationEvent], transport: str) -> None:
 
 
 def get_transport() -> Transport:
-    from ..conf import get_config
 
     name = get_config()["TRANSPORT"]
     transport = _built.get(name)
@@ -51,6 +53,12 @@ _built: dict[str, Transport] = {}
 
 def reset() -> None:
     _built.clear()
+
+
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in CONFIG_SETTINGS:
+        reset()
 
 
 def _build(name: str) -> Transport:
