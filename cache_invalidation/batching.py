@@ -23,15 +23,18 @@ from django.db.transaction import TransactionManagementError
 
 from .events import InvalidationEvent
 from .pending import ATTR, Marker, next_seq
+from .transports import Transport, get_transport, prepared
 
 logger = logging.getLogger("cache_invalidation")
 
 
 class Batch:
-    def __init__(self, alias: str, outbox: bool = False) -> None:
+    """The events one transaction on ``alias`` emitted, for ``transport`` once it commits."""
+
+    def __init__(self, alias: str, transport: Transport) -> None:
         self.alias = alias
         self.id = uuid.uuid4()
-        self.outbox = outbox
+        self.transport = transport
         self.entries: list[tuple[InvalidationEvent, Callable[[], None] | None]] = []
         self.seqs: list[int] = []  # when each entry was emitted (see reads_uncommitted)
         self.committed: list[int] = []
@@ -49,50 +52,14 @@ class Batch:
         for _, after_commit in done:
             if after_commit is not None:
                 after_commit()
-        if self.outbox:
-            from . import outbox
-
-            outbox.committed([event for event, _ in done], self.id, self.alias)
-        else:
-            publish_now([event for event, _ in done])
+        self.transport.committed([event for event, _ in done], self.id, self.alias)
 
 
 def publish_now(events: list[InvalidationEvent]) -> None:
-    from .conf import get_config
-    from .events import split_oversized
-    from .transports import get_transport
-
-    # An event over MAX_EVENT_BYTES would be refused by the worker: publish it in parts.
-    limit = int(get_config()["MAX_EVENT_BYTES"])
-    get_transport().publish([part for e in coalesce(events) for part in split_oversized(e, limit)])
-
-
-def coalesce(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
-    """Merge events about the same entity and kind into one, tags and keys deduplicated."""
-    merged: dict[tuple[str, str, str], InvalidationEvent] = {}
-    order: list[tuple[str, str, str]] = []
-    for event in events:
-        ident = (event.type, event.entity_type, event.entity_id)
-        if event.type == "manual" or not event.entity_id:
-            ident = (event.type, event.entity_type, event.id)
-        previous = merged.get(ident)
-        if previous is None:
-            merged[ident] = event
-            order.append(ident)
-            continue
-        merged[ident] = InvalidationEvent(
-            id=previous.id,
-            type=previous.type,
-            entity_type=previous.entity_type,
-            entity_id=previous.entity_id,
-            timestamp=previous.timestamp,
-            correlation_id=previous.correlation_id,
-            tags=tuple(dict.fromkeys((*previous.tags, *event.tags))),
-            keys=tuple(dict.fromkeys((*previous.keys, *event.keys))),
-            changed_fields=tuple(dict.fromkeys((*previous.changed_fields, *event.changed_fields))),
-            metadata={**previous.metadata, **event.metadata},
-        )
-    return [merged[i] for i in order]
+    """Publish committed ``events`` through the configured transport, merged and split to
+    ``MAX_EVENT_BYTES`` (for producers outside a transaction's batch)."""
+    transport = get_transport()
+    transport.publish(prepared(events))
 
 
 def emit(
@@ -108,9 +75,7 @@ def emit(
     transaction; after commit that batch is delivered at once when possible, and otherwise
     by ``manage.py relay_outbox``.
     """
-    from .conf import get_config
-
-    use_outbox = get_config()["TRANSPORT"] == "outbox"
+    transport = get_transport()
     connection = connections[using]
     if not connection.in_atomic_block:
         if not connection.get_autocommit():
@@ -121,14 +86,9 @@ def emit(
             )
         if after_commit is not None:
             after_commit()
-        if use_outbox:
-            from . import outbox
-
-            batch_id = uuid.uuid4()
-            outbox.write(event, batch_id, using)
-            outbox.committed([event], batch_id, using)
-        else:
-            publish_now([event])
+        batch_id = uuid.uuid4()
+        transport.stage(event, batch_id, using)  # the write has committed: so does this
+        transport.committed([event], batch_id, using)
         return
     batch: Batch | None = getattr(connection, ATTR, None)
     hooks: list[Any] = connection.run_on_commit
@@ -136,13 +96,10 @@ def emit(
     if fresh:
         # First event of this transaction, or the previous batch was rolled back whole
         # (its flusher is gone with its markers): start afresh.
-        batch = Batch(using, outbox=use_outbox)
+        batch = Batch(using, transport)
         setattr(connection, ATTR, batch)
     assert batch is not None
-    if use_outbox:
-        from . import outbox
-
-        outbox.write(event, batch.id, using)
+    batch.transport.stage(event, batch.id, using)
     index = len(batch.entries)
     batch.entries.append((event, after_commit))
     batch.seqs.append(next_seq())

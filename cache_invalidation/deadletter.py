@@ -25,6 +25,28 @@ from .logfields import log_extra
 logger = logging.getLogger("cache_invalidation")
 
 
+def left_by(exc: BaseException) -> tuple[BaseException, dict[str, Any]]:
+    """The cause of a failed apply and, for a :class:`~.backends.PartialInvalidation`, what it
+    left (``tags``, ``keys``, ``drains``: the arguments :func:`record` takes for the remainder).
+    The one place a partial invalidation becomes a dead letter's contents."""
+    from .backends import PartialInvalidation
+
+    if isinstance(exc, PartialInvalidation):
+        return exc.__cause__ or exc, {"tags": exc.tags, "keys": exc.keys, "drains": exc.drains}
+    return exc, {}
+
+
+def record_apply_failure(
+    events: Sequence[InvalidationEvent], exc: BaseException, *, attempts: int = 1
+) -> Any:
+    """Write the dead letter of a batch whose apply failed with ``exc`` (only what is left
+    when it failed part way); returns the row, as :func:`record`."""
+    from .models import DeadLetter
+
+    cause, left = left_by(exc)
+    return record(events, DeadLetter.Reason.APPLY_FAILED, cause, attempts=attempts, **left)
+
+
 def record(
     events: Sequence[InvalidationEvent] | Any,
     reason: str,

@@ -276,3 +276,31 @@ def decode_batch(payload: Any, max_event_bytes: int | None = None) -> list[Inval
     if problems:
         raise InvalidEventError(problems)
     return events
+
+
+def coalesce(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
+    """Merge events about the same entity and kind into one, tags and keys deduplicated."""
+    merged: dict[tuple[str, str, str], InvalidationEvent] = {}
+    order: list[tuple[str, str, str]] = []
+    for event in events:
+        ident = (event.type, event.entity_type, event.entity_id)
+        if event.type == "manual" or not event.entity_id:
+            ident = (event.type, event.entity_type, event.id)
+        previous = merged.get(ident)
+        if previous is None:
+            merged[ident] = event
+            order.append(ident)
+            continue
+        merged[ident] = InvalidationEvent(
+            id=previous.id,
+            type=previous.type,
+            entity_type=previous.entity_type,
+            entity_id=previous.entity_id,
+            timestamp=previous.timestamp,
+            correlation_id=previous.correlation_id,
+            tags=tuple(dict.fromkeys((*previous.tags, *event.tags))),
+            keys=tuple(dict.fromkeys((*previous.keys, *event.keys))),
+            changed_fields=tuple(dict.fromkeys((*previous.changed_fields, *event.changed_fields))),
+            metadata={**previous.metadata, **event.metadata},
+        )
+    return [merged[i] for i in order]

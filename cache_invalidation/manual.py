@@ -233,7 +233,7 @@ def _event(plan: Plan, metadata: dict[str, Any]) -> Any:
 
 def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
     from .backends import PartialInvalidation
-    from .models import DeadLetter, ManualInvalidation
+    from .models import ManualInvalidation
     from .tagging import tagged_cache
 
     Status = ManualInvalidation.Status
@@ -246,14 +246,7 @@ def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
         # keys of the calls that did not run.
         from . import deadletter
 
-        row = deadletter.record(
-            [event],
-            DeadLetter.Reason.APPLY_FAILED,
-            exc.__cause__ or exc,
-            tags=exc.tags,
-            keys=exc.keys,
-            drains=exc.drains,
-        )
+        row = deadletter.record_apply_failure([event], exc)
         error = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"
         letter = f" (dead letter #{row.pk})" if row is not None else ""
         return Outcome(

@@ -17,7 +17,7 @@ from celery.exceptions import Reject
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import dedup
+from . import deadletter, dedup
 from .apply import apply_events, report_failure
 from .backends import PartialInvalidation
 from .conf import get_config
@@ -82,17 +82,16 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
             events, drains=drains or (), done=done, forget=[_delivery_key(self.request)]
         )
     except PartialInvalidation as exc:
+        cause, left = deadletter.left_by(exc)
         return _retry_or_dead_letter(
             self,
             events,
-            exc.__cause__ or exc,
+            cause,
             config,
             attempts,
             # A retry recomputes the events' tags unless the last call ran (ids marked applied).
             kwargs={"drains": exc.drains},
-            tags=exc.tags,
-            keys=exc.keys,
-            drains=exc.drains,
+            **left,
         )
     except RETRYABLE as exc:
         return _retry_or_dead_letter(self, events, exc, config, attempts, drains=drains or ())
@@ -113,7 +112,6 @@ def _dead_letter(task: Any, events: Any, reason: str, error: Any, **fields: Any)
     """Write the dead letter: the one place the task does. If the database cannot take it,
     the message must not be acknowledged with the events recorded nowhere but a log line:
     retry it later (with backoff, as often as it takes), or leave it to the broker."""
-    from . import deadletter
 
     if deadletter.record(events, reason, error, **fields) is not None:
         return 0
@@ -206,7 +204,6 @@ def replay_dead_letters(limit: int = 100) -> dict[str, Any]:
     Each failure pushes that row's next attempt further out (exponential backoff capped at
     ``RETRY_BACKOFF_MAX``), so an outage is not hammered.
     """
-    from . import deadletter
 
     due = list(deadletter.pending(due_only=True).values_list("pk", flat=True)[:limit])
     result = deadletter.replay(due).as_dict()

@@ -1,12 +1,20 @@
 """Transports carry a committed batch of events to where it is applied.
 
-``sync`` applies it in this process right after commit; ``celery`` sends one task per batch.
+``sync`` applies it in this process right after commit; ``celery`` sends one task per batch;
+``outbox`` writes each event as a row inside the transaction and delivers the batch after it.
 A transport's ``publish`` never raises into the user's request: a failure is logged at ERROR
 with the events and sent as the ``invalidation_failed`` signal.
+
+Producers talk to a transport through three calls (:class:`Transport`), and never ask which
+one is configured: ``stage(event, batch, using)`` inside the transaction that made the change,
+``committed(events, batch, using)`` once it committed, and ``publish(events)`` for events that
+belong to no transaction. :class:`BaseTransport` gives the first two for transports with
+nothing to write inside a transaction.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Protocol
 
 from django.core.signals import setting_changed
@@ -14,7 +22,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from ..conf import CONFIG_SETTINGS, get_config
-from ..events import InvalidationEvent
+from ..events import InvalidationEvent, coalesce, split_oversized
 
 TRANSPORTS = {
     "sync": "cache_invalidation.transports.sync.SyncTransport",
@@ -26,7 +34,37 @@ TRANSPORTS = {
 class Transport(Protocol):
     name: str
 
-    def publish(self, events: list[InvalidationEvent]) -> None: ...
+    def publish(self, events: list[InvalidationEvent]) -> None:
+        """Carry committed ``events`` (already merged and split) on; never raises."""
+
+    def stage(self, event: InvalidationEvent, batch: uuid.UUID, using: str) -> None:
+        """``event`` was emitted inside a transaction on ``using`` (batch ``batch``)."""
+
+    def committed(self, events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> None:
+        """The transaction of ``batch`` committed; ``events`` are those that survived it."""
+
+
+def prepared(events: list[InvalidationEvent]) -> list[InvalidationEvent]:
+    """``events`` merged per entity, and split where one is over ``MAX_EVENT_BYTES`` (the
+    worker would refuse it)."""
+    limit = int(get_config()["MAX_EVENT_BYTES"])
+    return [part for event in coalesce(events) for part in split_oversized(event, limit)]
+
+
+class BaseTransport:
+    """A transport with nothing to write inside the transaction: a committed batch is
+    published as it is."""
+
+    name = ""
+
+    def publish(self, events: list[InvalidationEvent]) -> None:
+        raise NotImplementedError
+
+    def stage(self, event: InvalidationEvent, batch: uuid.UUID, using: str) -> None:
+        """Nothing to do before the commit."""
+
+    def committed(self, events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> None:
+        self.publish(prepared(events))
 
 
 def published(events: list[InvalidationEvent], transport: str) -> None:

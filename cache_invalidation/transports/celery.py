@@ -12,10 +12,10 @@ from typing import Any
 from .. import signals
 from ..apply import report_failure
 from ..events import InvalidationEvent, encode_batch
-from . import published
+from . import BaseTransport, published
 
 
-class CeleryTransport:
+class CeleryTransport(BaseTransport):
     name = "celery"
 
     def publish(self, events: list[InvalidationEvent]) -> None:

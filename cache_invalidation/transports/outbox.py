@@ -1,8 +1,9 @@
 """``TRANSPORT = "outbox"``: events are rows written with the change (see :mod:`..outbox`).
 
-Model writes and ``invalidate()`` write their rows themselves, inside the transaction; this
-transport's :meth:`publish` is for events that arrive outside one: it writes them as one batch
-(committed at once) and delivers it like a committed transaction would.
+Model writes and ``invalidate()`` stage their rows inside the transaction (:meth:`stage`) and
+the batch is delivered once it committed (:meth:`committed`); :meth:`publish` is for events
+that arrive outside one: it writes them as one batch (committed at once) and delivers it like
+a committed transaction would.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from ..events import InvalidationEvent
 
 
 class OutboxTransport:
+    """Events are rows: staged in the transaction that made them, delivered after it."""
+
     name = "outbox"
+
+    def stage(self, event: InvalidationEvent, batch: uuid.UUID, using: str) -> None:
+        outbox.write(event, batch, using)
+
+    def committed(self, events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> None:
+        outbox.committed(events, batch, using)
 
     def publish(self, events: list[InvalidationEvent]) -> None:
         batch = uuid.uuid4()

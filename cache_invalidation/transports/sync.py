@@ -10,9 +10,10 @@ from __future__ import annotations
 from .. import metrics, recorder, signals
 from ..apply import apply_events, report_failure
 from ..events import InvalidationEvent
+from . import BaseTransport
 
 
-class SyncTransport:
+class SyncTransport(BaseTransport):
     name = "sync"
 
     def publish(self, events: list[InvalidationEvent]) -> None:
@@ -25,19 +26,8 @@ class SyncTransport:
         except Exception as exc:
             from .. import deadletter
             from ..backends import PartialInvalidation
-            from ..models import DeadLetter
 
             if not isinstance(exc, PartialInvalidation):  # else the script counted them
                 metrics.record_published(events, self.name)
             report_failure(events, exc, stage="apply", will_retry=False)
-            if isinstance(exc, PartialInvalidation):
-                deadletter.record(
-                    events,
-                    DeadLetter.Reason.APPLY_FAILED,
-                    exc.__cause__ or exc,
-                    tags=exc.tags,
-                    keys=exc.keys,
-                    drains=exc.drains,
-                )
-            else:
-                deadletter.record(events, DeadLetter.Reason.APPLY_FAILED, exc)
+            deadletter.record_apply_failure(events, exc)
