@@ -57,24 +57,15 @@ def mark(ids: Iterable[str]) -> None:
 
 def lookup(ids: Iterable[str], counter: str) -> tuple[set[str], int]:
     """The ids already applied, and ``counter`` incremented (created for ``DEDUP_WINDOW``
-    seconds): one pipelined round trip on django-redis. If the cache cannot be reached: no
-    id applied, and a count of 1 (the attempt fails anyway and is retried)."""
-    from .backends import is_django_redis
+    seconds): one round trip on Redis (see ``Backend.count_and_read``). If the cache cannot
+    be reached: no id applied, and a count of 1 (the attempt fails anyway and is retried)."""
+    from .backends import backend_for
+    from .conf import get_config
 
     ids = list(ids)
     try:
-        cache = _cache()
-        if not is_django_redis(cache):
-            cache.add(counter, 0, window())
-            return applied(ids), int(cache.incr(counter))
-        make_key = cache.client.make_key
-        pipe = cache.client.get_client(write=True).pipeline(transaction=False)
-        pipe.set(make_key(counter), 0, ex=window(), nx=True)
-        pipe.incr(make_key(counter))
-        if ids:
-            pipe.mget([make_key(PREFIX + i) for i in ids])
-        replies = pipe.execute()
+        backend = backend_for(get_config()["CACHE_ALIAS"])
+        count, present = backend.count_and_read(counter, window(), [PREFIX + i for i in ids])
     except Exception:
         return set(), 1
-    found = replies[2] if ids else []
-    return {i for i, raw in zip(ids, found, strict=True) if raw is not None}, int(replies[1])
+    return {i for i, found in zip(ids, present, strict=True) if found}, count

@@ -26,9 +26,13 @@ import importlib.metadata
 import logging
 import platform
 import time
-import uuid
 from typing import Any
 
+# Re-exported: the eviction rules are documented under this module.
+from .backends.probes import EVICTING_POLICIES as EVICTING_POLICIES
+from .backends.probes import eviction_from_info as eviction_from_info
+from .backends.probes import unreadable
+from .backends.redis import RedisTagBackend
 from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
@@ -82,7 +86,7 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     """
     from django.core.cache import caches
 
-    from .backends import is_django_redis
+    from .backends import backend_for
     from .conf import get_config
 
     alias = str(get_config()["CACHE_ALIAS"])
@@ -96,133 +100,27 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     try:
         cache = caches[alias]
         result["backend"] = f"{type(cache).__module__}.{type(cache).__name__}"
-        if is_django_redis(cache):
-            result["server_version"], result["eviction"] = _ping_redis(cache, timeout)
-            detail = "PING answered"
-        else:
-            key = f"ci:health:{uuid.uuid4().hex}"
-            cache.set(key, "ok", 30)
-            found = cache.get(key)
-            cache.delete(key)
-            if found != "ok":
-                raise RuntimeError("a probe key written to the cache could not be read back")
-            detail = "probe key written and read back"
+        answer = backend_for(alias).probe(timeout)
+        result["server_version"] = answer.get("server_version")
+        result["eviction"] = answer.get("eviction")
+        detail = str(answer["detail"])
     except Exception as exc:
         return {**result, "ok": False, "detail": _error(exc), "latency_ms": _ms(started)}
     return {**result, "ok": True, "detail": detail, "latency_ms": _ms(started)}
 
 
-_PROBE_KWARGS = (
-    "host",
-    "port",
-    "db",
-    "username",
-    "password",
-    "path",
-    "client_name",
-    "protocol",
-    "credential_provider",
-)
-
-
-EVICTING_POLICIES = frozenset(
-    {
-        "allkeys-lru",
-        "allkeys-lfu",
-        "allkeys-random",
-        "volatile-lru",
-        "volatile-lfu",
-        "volatile-random",
-        "volatile-ttl",
-    }
-)
-"""Every ``maxmemory-policy`` but ``noeviction``: every key the app writes has a TTL, so the
-``volatile-*`` policies may evict the tag index as surely as the ``allkeys-*`` ones."""
-
-
-def eviction_from_info(memory: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
-    """``{"readable": True, "policy", "maxmemory", "evicted_keys", "evicts"}`` from the
-    ``INFO memory`` and ``INFO stats`` sections of one server."""
-    policy = str(memory.get("maxmemory_policy", "")) or None
-    maxmemory = int(memory.get("maxmemory") or 0)
-    return {
-        "readable": policy is not None,
-        "policy": policy,
-        "maxmemory": maxmemory,
-        "evicted_keys": int(stats.get("evicted_keys") or 0),
-        "evicts": policy in EVICTING_POLICIES and maxmemory > 0,
-        "error": None if policy is not None else "INFO memory has no maxmemory_policy",
-    }
-
-
-def _unreadable(exc: BaseException) -> dict[str, Any]:
-    return {
-        "readable": False,
-        "policy": None,
-        "maxmemory": None,
-        "evicted_keys": None,
-        "evicts": False,
-        "error": _error(exc),
-    }
-
-
-def _ping_redis(cache: Any, timeout: float) -> tuple[str | None, dict[str, Any]]:
-    """PING through a one-off connection to the same server; returns its version and its
-    eviction settings (:func:`eviction_from_info`) where ``INFO`` is allowed."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    pool = cache.client.get_client(write=True).connection_pool
-    if type(pool) is not redis.ConnectionPool:  # sentinel and friends: use their own client
-        client = cache.client.get_client(write=True)
-        client.ping()
-        return None, _read_eviction(client)
-    kwargs = {
-        k: v for k, v in pool.connection_kwargs.items() if k in _PROBE_KWARGS or k.startswith("ssl")
-    }
-    probe_pool = redis.ConnectionPool(
-        connection_class=pool.connection_class,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        **kwargs,
-    )
-    probe = redis.Redis(connection_pool=probe_pool)
-    try:
-        probe.ping()
-        try:
-            version: str | None = str(probe.info("server").get("redis_version"))
-        except redis.RedisError:  # INFO may be denied by an ACL; PING answered
-            version = None
-        return version, _read_eviction(probe)
-    finally:
-        probe_pool.disconnect()
-
-
-def _read_eviction(client: Any) -> dict[str, Any]:
-    import redis
-
-    try:
-        return eviction_from_info(client.info("memory"), client.info("stats"))
-    except (redis.RedisError, ValueError, TypeError) as exc:  # denied by an ACL, a proxy
-        return _unreadable(exc)
-
-
 def redis_eviction(alias: str, timeout: float = 0.5) -> dict[str, Any] | None:
     """:func:`eviction_from_info` for the django-redis cache ``alias``; None for another
     backend. Never raises: an unreachable server is ``{"readable": False, "error": ...}``."""
-    from django.core.cache import caches
-
-    from .backends import is_django_redis
+    from .backends import backend_for
 
     try:
-        cache = caches[alias]
-        if not is_django_redis(cache):
+        backend = backend_for(alias)
+        if not isinstance(backend, RedisTagBackend):
             return None
-        return _ping_redis(cache, timeout)[1]
+        return backend.probe(timeout)["eviction"]
     except Exception as exc:
-        return _unreadable(exc)
+        return unreadable(exc)
 
 
 def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:

@@ -36,7 +36,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .backends.base import KeyScanning
 
 from django.utils.translation import gettext_lazy as _
 
@@ -139,11 +142,11 @@ class KeyPattern:
     head: str  # the raw text make_key puts before the logical key
     tail: str
 
-    def _client(self) -> Any:
-        from django.core.cache import caches
+    def _backend(self) -> KeyScanning:
+        from .backends import backend_for
 
-        cache: Any = caches[self.alias]
-        return cache.client.get_client(write=True)
+        backend: Any = backend_for(self.alias)  # bind() checked it is the Redis backend
+        return cast("KeyScanning", backend)
 
     def logical(self, raw: bytes | str) -> str | None:
         """The logical key of a Redis key, or None for keys the pattern must not touch."""
@@ -153,24 +156,19 @@ class KeyPattern:
         name = text[len(self.head) : len(text) - len(self.tail)]
         return None if name.startswith(INTERNAL_PREFIX) else name
 
-    def _scan(self, client: Any, stats: dict[str, Any]) -> Iterator[bytes]:
-        cursor = 0
-        while True:
-            cursor, found = client.scan(cursor=cursor, match=self.glob, count=SCAN_COUNT)
+    def _scan(self, backend: KeyScanning, stats: dict[str, Any]) -> Iterator[bytes]:
+        for found, last in backend.scan_keys(self.glob, SCAN_COUNT, MAX_SCAN_CALLS):
             stats["calls"] += 1
             yield from found
-            if int(cursor) == 0:
+            if last:
                 stats["complete"] = True
-                return
-            if stats["calls"] >= MAX_SCAN_CALLS:
-                return
 
     def preview(self, sample: int = 20) -> Preview:
         """Count the matching keys (at most ``MAX_MATCHES + 1``); raises if Redis fails."""
         stats: dict[str, Any] = {"calls": 0, "complete": False}
         seen: set[bytes] = set()
         names: list[str] = []
-        for raw in self._scan(self._client(), stats):
+        for raw in self._scan(self._backend(), stats):
             name = self.logical(raw)
             if name is None or raw in seen:
                 continue
@@ -183,32 +181,21 @@ class KeyPattern:
             len(seen), bool(stats["complete"]), tuple(sorted(names)), stats["calls"], tuple(seen)
         )
 
-    def _confirm_key(self, nonce: str) -> str:
-        from django.core.cache import caches
-
-        cache: Any = caches[self.alias]
-        return str(cache.client.make_key(f"{INTERNAL_PREFIX}pc:{nonce}"))
+    def _confirm_name(self, nonce: str) -> str:
+        return f"{INTERNAL_PREFIX}pc:{nonce}"
 
     def remember(self, preview: Preview) -> str:
         """Keep ``preview``'s keys for :data:`CONFIRM_MAX_AGE` seconds; returns the nonce that
         :meth:`take` needs. Raises if Redis fails."""
         nonce = secrets.token_hex(16)
-        key = self._confirm_key(nonce)
         # The first element marks the list as existing even when the preview matched nothing.
-        pipe = self._client().pipeline(transaction=True)
-        pipe.rpush(key, b"", *preview.keys)
-        pipe.expire(key, _confirm_ttl())
-        pipe.execute()
+        self._backend().keep_list(self._confirm_name(nonce), [b"", *preview.keys], _confirm_ttl())
         return nonce
 
     def take(self, nonce: str) -> Preview | None:
         """The preview remembered under ``nonce``, forgotten in the same transaction (so only
         one caller ever gets it); None when it expired or was already taken."""
-        key = self._confirm_key(nonce)
-        pipe = self._client().pipeline(transaction=True)
-        pipe.lrange(key, 0, -1)
-        pipe.delete(key)
-        members, _ = pipe.execute()
+        members = self._backend().take_list(self._confirm_name(nonce))
         if not members:
             return None
         keys = tuple(raw for raw in members[1:] if self.logical(raw) is not None)
@@ -234,11 +221,11 @@ class KeyPattern:
         the preview is left alone, so a deletion never reaches further than what the operator
         saw. Raises if Redis fails; what was deleted stays deleted.
         """
-        client = self._client()
+        backend = self._backend()
         batch = [raw for raw in dict.fromkeys(keys) if self.logical(raw) is not None]
         deleted = 0
         for start in range(0, min(len(batch), MAX_MATCHES), DELETE_CHUNK):
-            deleted += int(client.unlink(*batch[start : min(start + DELETE_CHUNK, MAX_MATCHES)]))
+            deleted += backend.unlink(batch[start : min(start + DELETE_CHUNK, MAX_MATCHES)])
         return deleted
 
 
@@ -252,15 +239,17 @@ def bind(pattern: str, alias: str | None = None) -> KeyPattern:
     """Check ``pattern`` and bind it to the cache ``alias`` (default ``CACHE_ALIAS``)."""
     from django.core.cache import caches
 
-    from .backends import is_django_redis
+    from .backends import backend_for
+    from .backends.base import KeyScanning
     from .conf import get_config
 
     check_pattern(pattern)
     alias = alias or str(get_config()["CACHE_ALIAS"])
-    cache: Any = caches[alias]
-    if not is_django_redis(cache):
-        raise PatternError(PATTERN_NOT_REDIS % {"alias": alias, "backend": type(cache).__name__})
-    full = str(cache.client.make_key(_SENTINEL))
+    backend = backend_for(alias)
+    if not isinstance(backend, KeyScanning):
+        backend_name = type(caches[alias]).__name__
+        raise PatternError(PATTERN_NOT_REDIS % {"alias": alias, "backend": backend_name})
+    full = backend.raw_key(_SENTINEL)
     if full.count(_SENTINEL) != 1:
         raise PatternError(PATTERN_KEY_FUNCTION % {"alias": alias})
     head, tail = full.split(_SENTINEL)

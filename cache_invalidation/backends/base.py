@@ -9,9 +9,9 @@ checked too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..bookkeeping import Bookkeeping
@@ -89,6 +89,15 @@ class Backend(Protocol):
     def delete(self, key: str) -> bool:
         """Delete one key; True if it existed."""
 
+    def probe(self, timeout: float) -> dict[str, Any]:
+        """Ask the cache whether it answers: ``{"detail", "server_version", "eviction"}``
+        (``eviction``: see :func:`.probes.eviction_from_info`, None where the cache has no such
+        thing). Raises when it does not answer within ``timeout`` seconds."""
+
+    def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
+        """Increment ``counter`` (created with ``ttl`` seconds to live) and tell which of
+        ``keys`` exist, in one round trip where the cache allows it; raises on failure."""
+
     def write_bookkeeping(self, bookkeeping: Bookkeeping, what: str = "bookkeeping") -> None:
         """Write ``bookkeeping`` on its own (nothing to invalidate with it); never raises: a
         failure is logged at DEBUG and leaves its totals unknown."""
@@ -103,3 +112,26 @@ class Backend(Protocol):
         """Drop every entry tagged with ``tags`` and the plain ``keys``, and finish ``drains``
         left by an earlier :class:`PartialInvalidation`; raise on failure. ``bookkeeping``
         is written once the invalidation succeeded (on Redis, in the same script call)."""
+
+
+@runtime_checkable
+class KeyScanning(Protocol):
+    """What pattern deletion needs of a backend (Redis only): raw keys, scans, lists."""
+
+    def raw_key(self, name: str) -> str:
+        """The key the server stores for the logical ``name`` (prefix and version added)."""
+
+    def scan_keys(
+        self, glob: str, count: int, max_calls: int
+    ) -> Iterator[tuple[list[bytes], bool]]:
+        """``SCAN`` for ``glob``: each call's keys and whether it was the last, at most
+        ``max_calls`` calls."""
+
+    def unlink(self, keys: Sequence[bytes]) -> int:
+        """``UNLINK`` raw ``keys``; how many existed."""
+
+    def keep_list(self, name: str, items: Sequence[bytes], ttl: int) -> None:
+        """Store ``items`` as the list ``name`` for ``ttl`` seconds (one transaction)."""
+
+    def take_list(self, name: str) -> list[bytes]:
+        """Read and delete the list ``name`` in one transaction (empty when missing)."""

@@ -54,6 +54,7 @@ from redis.exceptions import RedisError
 from ..bookkeeping import LUA as BOOKKEEPING_LUA
 from ..bookkeeping import Bookkeeping
 from ..logfields import log_extra
+from . import probes
 from .base import MISSING, Lookup, PartialInvalidation
 
 logger = logging.getLogger("cache_invalidation")
@@ -378,11 +379,61 @@ class RedisTagBackend:
     def delete(self, key: str) -> bool:
         return bool(self._redis().delete(self._key(key)))
 
+    def probe(self, timeout: float) -> dict[str, Any]:
+        version, eviction = probes.ping(self._redis(), timeout)
+        return {"detail": "PING answered", "server_version": version, "eviction": eviction}
+
+    # -- key scanning (pattern deletion, see .keypatterns) ------------------------------------
+    def raw_key(self, name: str) -> str:
+        return str(self.cache.client.make_key(name))
+
+    def scan_keys(
+        self, glob: str, count: int, max_calls: int
+    ) -> Iterator[tuple[list[bytes], bool]]:
+        client = self._redis()
+        cursor, calls = 0, 0
+        while calls < max_calls:
+            cursor, found = client.scan(cursor=cursor, match=glob, count=count)
+            calls += 1
+            last = int(cursor) == 0
+            yield list(found), last
+            if last:
+                return
+
+    def unlink(self, keys: Sequence[bytes]) -> int:
+        return int(self._redis().unlink(*keys)) if keys else 0
+
+    def keep_list(self, name: str, items: Sequence[bytes], ttl: int) -> None:
+        key = self.raw_key(name)
+        pipe = self._redis().pipeline(transaction=True)
+        pipe.rpush(key, *items)
+        pipe.expire(key, ttl)
+        pipe.execute()
+
+    def take_list(self, name: str) -> list[bytes]:
+        key = self.raw_key(name)
+        pipe = self._redis().pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        members, _ = pipe.execute()
+        return list(members or [])
+
+    def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
+        make_key = self.cache.client.make_key
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.set(make_key(counter), 0, ex=ttl, nx=True)
+        pipe.incr(make_key(counter))
+        if keys:
+            pipe.mget([make_key(k) for k in keys])
+        replies = pipe.execute()
+        found = replies[2] if keys else []
+        return int(replies[1]), [raw is not None for raw in found]
+
     def write_bookkeeping(self, bookkeeping: Bookkeeping, what: str = "bookkeeping") -> None:
         """Write ``bookkeeping`` on its own: one pipelined round trip. Never raises."""
         try:
             make_key = self.cache.client.make_key
-            pipe = self.cache.client.get_client(write=True).pipeline(transaction=False)
+            pipe = self._redis().pipeline(transaction=False)
             for name, ttl in bookkeeping.marks:
                 pipe.set(make_key(name), 1, ex=ttl)
             for name, ttl, fields in bookkeeping.counters:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,6 +181,25 @@ class StampBackend:
         if bookkeeping:
             self.write_bookkeeping(bookkeeping)
         return len(keys)
+
+    def probe(self, timeout: float) -> dict[str, Any]:
+        key = f"ci:health:{uuid.uuid4().hex}"
+        self.cache.set(key, "ok", 30)
+        found = self.cache.get(key)
+        self.cache.delete(key)
+        if found != "ok":
+            raise RuntimeError("a probe key written to the cache could not be read back")
+        return {
+            "detail": "probe key written and read back",
+            "server_version": None,
+            "eviction": None,
+        }
+
+    def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
+        self.cache.add(counter, 0, ttl)
+        count = int(self.cache.incr(counter))
+        found = self.cache.get_many(list(keys)) if keys else {}
+        return count, [bool(found.get(k)) for k in keys]
 
     def write_bookkeeping(self, bookkeeping: Bookkeeping, what: str = "bookkeeping") -> None:
         """Write ``bookkeeping`` through the Django cache API. Never raises."""
