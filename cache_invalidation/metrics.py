@@ -58,14 +58,6 @@ TTL_TOTAL = 7 * 24 * HOUR
 LAG = "~lag"
 
 
-def _cache() -> Any:
-    from django.core.cache import caches
-
-    from .conf import get_config
-
-    return caches[get_config()["CACHE_ALIAS"]]
-
-
 def label(event: InvalidationEvent | None) -> str:
     """The model label an event is counted under."""
     if event is None:
@@ -177,13 +169,6 @@ def _write(fields: Counter[str], now: float | None = None) -> None:
         return
     counters = bucket_writes(fields, time.time() if now is None else now)
     backend.write_bookkeeping(Bookkeeping(counters=counters), "metrics")
-
-
-def _redis(cache: Any) -> Any:
-    """The raw redis-py client of a django-redis cache, or None for other backends."""
-    from .backends import is_django_redis
-
-    return cache.client.get_client(write=True) if is_django_redis(cache) else None
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -368,21 +353,10 @@ def _lag(hashes: Iterable[dict[str, int]]) -> tuple[list[int], int]:
 
 def _read_buckets(names: list[str]) -> list[dict[str, int]]:
     """The fields of each bucket, in order (empty when absent). Raises on cache errors."""
-    cache = _cache()
-    redis = _redis(cache)
-    if redis is not None:
-        pipe = redis.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(cache.client.make_key(name))
-        return [{_text(k): int(v) for k, v in (raw or {}).items()} for raw in pipe.execute()]
-    fields = _candidate_fields()
-    keys = [f"{name}:{field}" for name in names for field in fields]
-    found: dict[str, Any] = {}
-    for start in range(0, len(keys), 500):  # some backends cap the parameters of one query
-        found.update(cache.get_many(keys[start : start + 500]))
-    return [
-        {f: int(found[f"{name}:{f}"]) for f in fields if found.get(f"{name}:{f}")} for name in names
-    ]
+    from .backends import backend_for
+    from .conf import get_config
+
+    return backend_for(get_config()["CACHE_ALIAS"]).read_counters(names, _candidate_fields)
 
 
 def _candidate_fields() -> list[str]:
@@ -393,7 +367,3 @@ def _candidate_fields() -> list[str]:
     fields = [f"{m}|{n}" for m in sorted(labels) for n in NAMES]
     fields += [f"{LAG}|{i}" for i in range(len(LAG_BOUNDS_MS) + 1)] + [f"{LAG}|sum"]
     return fields
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,7 +9,7 @@ checked too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -93,6 +93,13 @@ class Backend(Protocol):
         """Ask the cache whether it answers: ``{"detail", "server_version", "eviction"}``
         (``eviction``: see :func:`.probes.eviction_from_info`, None where the cache has no such
         thing). Raises when it does not answer within ``timeout`` seconds."""
+
+    def read_counters(
+        self, names: Sequence[str], fields: Callable[[], list[str]]
+    ) -> list[dict[str, int]]:
+        """The fields of each counter hash written by :class:`~.bookkeeping.Bookkeeping`, in
+        order (empty when absent). ``fields()`` lists the candidates, for caches that store
+        one key per field. Raises on cache errors."""
 
     def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
         """Increment ``counter`` (created with ``ttl`` seconds to live) and tell which of

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import zip_longest
 from typing import Any
 
@@ -418,6 +418,14 @@ class RedisTagBackend:
         members, _ = pipe.execute()
         return list(members or [])
 
+    def read_counters(
+        self, names: Sequence[str], fields: Callable[[], list[str]]
+    ) -> list[dict[str, int]]:
+        pipe = self._redis().pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self._key(name))
+        return [{_text(k): int(v) for k, v in (raw or {}).items()} for raw in pipe.execute()]
+
     def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
         make_key = self.cache.client.make_key
         pipe = self._redis().pipeline(transaction=False)
@@ -623,3 +631,7 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..bookkeeping import Bookkeeping
@@ -194,6 +194,19 @@ class StampBackend:
             "server_version": None,
             "eviction": None,
         }
+
+    def read_counters(
+        self, names: Sequence[str], fields: Callable[[], list[str]]
+    ) -> list[dict[str, int]]:
+        candidates = fields()  # one key per hash field here (see Bookkeeping.write_generic)
+        keys = [f"{name}:{field}" for name in names for field in candidates]
+        found: dict[str, Any] = {}
+        for start in range(0, len(keys), 500):  # some backends cap the parameters of a query
+            found.update(self.cache.get_many(keys[start : start + 500]))
+        return [
+            {f: int(found[f"{name}:{f}"]) for f in candidates if found.get(f"{name}:{f}")}
+            for name in names
+        ]
 
     def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
         self.cache.add(counter, 0, ttl)
