@@ -22,67 +22,27 @@ over-invalidates (more entries recomputed), never under-invalidates.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from . import metrics
+from . import coarse, metrics
 from .bookkeeping import Bookkeeping
+from .coarse import coarse_tags_for
 from .conf import CONFIG_SETTINGS, get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
-from .tagnames import auto_labels, coarse_tag, is_coarse
+from .tagnames import auto_labels, coarse_tag
 
 logger = logging.getLogger("cache_invalidation")
 
 
-@lru_cache(maxsize=1)
-def _patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
-    from .registry import registry
-
-    found: dict[str, list[str]] = {}
-    for model, policy in registry.policies.items():
-        label = (model._meta.concrete_model or model)._meta.label
-        parts = found.setdefault(label, [re.escape(label) + r":.*"])
-        templates = [*policy.tags, *(t for _, ts in policy.on_fields for t in ts)]
-        for template in templates:
-            pattern = "".join(
-                re.escape(literal) + ("" if name is None else _value_pattern(model, name))
-                for literal, name in template.parts
-            )
-            parts.append(pattern)
-    return tuple(
-        (label, re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(parts)), re.DOTALL))
-        for label, parts in found.items()
-    )
-
-
-def _value_pattern(model: Any, name: str) -> str:
-    """What a rendered field value can look like: digits for integer keys, else anything."""
-    from django.db import models
-
-    meta = model._meta
-    field = (
-        meta.pk
-        if name == "pk"
-        else next((f for f in meta.concrete_fields if f.attname == name), None)
-    )
-    while field is not None and field.is_relation:
-        field = field.target_field
-    if isinstance(field, (models.IntegerField, models.AutoField)):
-        return r"-?\d+"
-    return ".*"
-
-
 def reset() -> None:
-    _patterns.cache_clear()
+    coarse.forget_patterns()
     forget_rates()
 
 
@@ -95,16 +55,6 @@ def forget_rates() -> None:
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting in CONFIG_SETTINGS:
         forget_rates()
-
-
-def coarse_tags_for(tags: Iterable[str]) -> list[str]:
-    """The coarse tags an entry with ``tags`` must also carry."""
-    labels: dict[str, None] = {}
-    tag_list = [t for t in tags if not is_coarse(t)]
-    for label, pattern in _patterns():
-        if any(pattern.fullmatch(tag) for tag in tag_list):
-            labels[label] = None
-    return [coarse_tag(label) for label in labels]
 
 
 def control(events: list[InvalidationEvent], bookkeeping: Bookkeeping) -> list[InvalidationEvent]:

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from . import pending, recorder
 from .backends import MISSING, Backend, Lookup, backend_for
 from .bookkeeping import Bookkeeping
+from .coarse import coarse_tags_for
 from .conf import get_config
 
 
@@ -38,7 +39,6 @@ def _config() -> dict[str, Any]:
 
 def _with_coarse(tags: list[str]) -> list[str]:
     """Add the coarse tags storm control may invalidate instead (see :mod:`.storm`)."""
-    from .storm import coarse_tags_for
 
     return tags + [t for t in coarse_tags_for(tags) if t not in tags]
 

@@ -112,3 +112,40 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+LAYERS = PACKAGE.parent / "docs" / "layers.txt"
+
+
+def layers() -> list[tuple[str, list[str]]]:
+    """(layer name, module patterns) from docs/layers.txt, top to bottom."""
+    found = []
+    for line in LAYERS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            head, modules = line.split("|", 1)
+            found.append((head.split(":")[0].strip(), modules.split()))
+    return found
+
+
+def layer_of(module: str, table: list[tuple[str, list[str]]]) -> int | None:
+    import fnmatch
+
+    name = ROOT if module == ROOT else module[len(ROOT) + 1 :]
+    for index, (_, patterns) in enumerate(table):
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            return index
+    return None
+
+
+def test_every_module_has_a_layer_and_imports_point_down():
+    table = layers()
+    edges = graph()
+    unplaced = sorted(m for m in edges if layer_of(m, table) is None)
+    assert not unplaced, f"modules missing from docs/layers.txt: {unplaced}"
+    upward = [
+        f"{m} ({table[layer_of(m, table)][0]}) imports {t} ({table[layer_of(t, table)][0]})"
+        for m, targets in sorted(edges.items())
+        for t in sorted(targets)
+        if layer_of(t, table) < layer_of(m, table)  # type: ignore[operator]
+    ]
+    assert not upward, "imports pointing up a layer: " + "; ".join(upward)

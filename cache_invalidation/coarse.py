@@ -1,0 +1,70 @@
+"""Which coarse tags an entry carries: one per declared model whose tags it holds.
+
+Every entry stored through ``tagged_cache`` also carries the coarse tag ``"<label>:#"`` of each
+model that one of its tags may belong to: a declared template of the model (``tags`` and
+``on_fields``) or one of its automatic tags matches. Storm control (:mod:`.storm`) invalidates
+a model's coarse tag instead of a flood of precise ones, and a write whose foreign-key value is
+unknown does too. The patterns are built once from the registry (:func:`forget_patterns` when
+it changes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+from django.db import models
+
+from .registry import registry
+from .tagnames import coarse_tag, is_coarse
+
+
+@lru_cache(maxsize=1)
+def _patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    found: dict[str, list[str]] = {}
+    for model, policy in registry.policies.items():
+        label = (model._meta.concrete_model or model)._meta.label
+        parts = found.setdefault(label, [re.escape(label) + r":.*"])
+        templates = [*policy.tags, *(t for _, ts in policy.on_fields for t in ts)]
+        for template in templates:
+            pattern = "".join(
+                re.escape(literal) + ("" if name is None else _value_pattern(model, name))
+                for literal, name in template.parts
+            )
+            parts.append(pattern)
+    return tuple(
+        (label, re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(parts)), re.DOTALL))
+        for label, parts in found.items()
+    )
+
+
+def _value_pattern(model: Any, name: str) -> str:
+    """What a rendered field value can look like: digits for integer keys, else anything."""
+    meta = model._meta
+    field = (
+        meta.pk
+        if name == "pk"
+        else next((f for f in meta.concrete_fields if f.attname == name), None)
+    )
+    while field is not None and field.is_relation:
+        field = field.target_field
+    if isinstance(field, (models.IntegerField, models.AutoField)):
+        return r"-?\d+"
+    return ".*"
+
+
+def forget_patterns() -> None:
+    """Build the patterns again on next use (the registry's policies changed)."""
+    _patterns.cache_clear()
+
+
+def coarse_tags_for(tags: Iterable[str]) -> list[str]:
+    """The coarse tags an entry with ``tags`` must also carry."""
+    labels: dict[str, None] = {}
+    tag_list = [t for t in tags if not is_coarse(t)]
+    for label, pattern in _patterns():
+        if any(pattern.fullmatch(tag) for tag in tag_list):
+            labels[label] = None
+    return [coarse_tag(label) for label in labels]
