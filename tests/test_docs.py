@@ -27,6 +27,7 @@ SPHINX_DIRECTIVES = (
     "class", "data", "method", "attribute", "exception", "decorator", "versionadded",
     "versionchanged", "deprecated", "seealso", "glossary", "only", "literalinclude", "index",
     "highlight",
+    "layers",  # the project's own (docs/_ext/layers.py)
 )
 SPHINX_ROLES = (
     "doc", "ref", "func", "class", "meth", "attr", "mod", "data", "exc", "obj", "term",

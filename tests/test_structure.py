@@ -2,7 +2,8 @@
 
 The graph is built from the source with ``ast`` (nothing is imported): every ``import`` and
 ``from ... import`` of a ``cache_invalidation`` module, at any depth of the file, is an edge.
-``from . import x`` names the module ``x`` when it is one, else the package's ``__init__``.
+``from . import x`` names the module ``x`` when it is one, else the package's ``__init__``;
+importing a module of a subpackage also imports the subpackage's ``__init__``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 target = target.rpartition(".")[0]  # a name inside a module
             if target in known and target != name:
                 found.add(target)
+                # Importing a.b.c runs the package a.b first: that is an import too.
+                parent = target.rpartition(".")[0]
+                while parent != ROOT and parent in known and not name.startswith(parent + "."):
+                    found.add(parent)
+                    parent = parent.rpartition(".")[0]
     return found
 
 
