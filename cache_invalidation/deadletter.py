@@ -127,7 +127,9 @@ def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str
         logger.error(message, extra=extra)
         return
     logger.critical(message, extra=extra)
-    signals.dead_lettered.send_robust(sender=type(row), dead_letter=row, events=events, error=error)
+    signals.send(
+        signals.dead_lettered, sender=type(row), dead_letter=row, events=events, error=error
+    )
     if config["MAIL_ADMINS"]:
         # Not fail_silently=True: Django 6.1 deprecates it, and a mail that could not be sent
         # deserves a log line of its own rather than silence.

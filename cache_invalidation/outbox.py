@@ -73,7 +73,7 @@ def committed(events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> 
     from . import recorder, signals
 
     recorder.published(events, "outbox")
-    signals.invalidation_published.send(sender=None, events=events, transport="outbox")
+    signals.send(signals.invalidation_published, events=events, transport="outbox")
     deliver_after_commit(batch, using)
 
 
