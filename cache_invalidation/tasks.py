@@ -65,6 +65,7 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
     from .models import DeadLetter
 
     config = get_config()
+    drains = _drain_names(drains)
     try:
         events = decode_batch(payload, max_event_bytes=int(config["MAX_EVENT_BYTES"]))
     except InvalidEventError as exc:
@@ -115,6 +116,22 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
             drains=drains or (),
         )
     return deleted
+
+
+def _drain_names(drains: Any) -> list[str]:
+    """The ``drains`` argument of a message, which anyone on the broker can write: only a list
+    of strings is kept (the backend then takes only this cache's registered draining sets)."""
+    if not drains:
+        return []
+    names = drains if isinstance(drains, list) else []
+    kept = [d for d in names if isinstance(d, str)]
+    if len(kept) != len(names) or not isinstance(drains, list):
+        logger.warning(
+            "cache_invalidation: ignored a 'drains' argument that is not a list of strings (%s)",
+            type(drains).__name__,
+            extra=log_extra(stage="apply"),
+        )
+    return kept
 
 
 def _dead_letter(task: Any, events: Any, reason: str, error: Any, **fields: Any) -> int:
