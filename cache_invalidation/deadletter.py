@@ -102,12 +102,18 @@ def _text(error: BaseException | str) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+#: Backoff doubles at most this many times (2**62 seconds is far past any RETRY_BACKOFF_MAX).
+MAX_EXPONENT = 62
+
+
 def _backoff(attempts: int) -> timedelta:
     from .conf import get_config
 
     config = get_config()
+    # The exponent is bounded: attempts can come from a message (its retries header).
     seconds = min(
-        float(config["RETRY_BACKOFF_MAX"]), max(float(config["RETRY_BACKOFF"]), 1.0) * 2**attempts
+        float(config["RETRY_BACKOFF_MAX"]),
+        max(float(config["RETRY_BACKOFF"]), 1.0) * 2 ** min(max(attempts, 0), MAX_EXPONENT),
     )
     return timedelta(seconds=seconds)
 

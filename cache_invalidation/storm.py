@@ -221,9 +221,12 @@ def _over_rate(
     if limit <= 0:
         return set()
     counts: Counter[str] = Counter()
+    declared = metrics.declared_labels()
     for event in events:
-        if event.entity_type:
-            counts[event.entity_type] += int(event.metadata.get("rows", 1) or 1)
+        # Only declared models have a count (an event's entity_type and metadata come from a
+        # message: no unbounded set of counters, no poisoned batch from a bad "rows").
+        if event.entity_type in declared:
+            counts[event.entity_type] += _rows(event)
     if not counts:
         return set()
     slot = int(time.time() // window)
@@ -231,6 +234,14 @@ def _over_rate(
         (f"{RATE_PREFIX}{label}:{slot}", n, window * 2) for label, n in counts.items()
     )
     return {label for label, n in counts.items() if n > limit or _over.get(label) == slot}
+
+
+def _rows(event: InvalidationEvent) -> int:
+    """The rows a bulk event stands for (``metadata["rows"]``), 1 when absent or not a count."""
+    rows = event.metadata.get("rows", 1)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        return 1
+    return rows
 
 
 def learn(bookkeeping: Bookkeeping) -> None:

@@ -103,3 +103,102 @@ def test_drains_that_are_not_a_list_of_strings_are_ignored(settings, celery_work
     assert not DeadLetter.objects.exists()
     invalidate(tags=["after"])  # the worker goes on
     assert wait_for(lambda: len(recorder.applied) == 2, timeout=20)
+
+
+def _valid(tag: str, **fields: object) -> dict:
+    return {**InvalidationEvent(type="manual", tags=(tag,)).to_dict(), **fields}
+
+
+@row("Hostile entity_type values and metadata in Celery messages",
+     "raw JSON apply_batch messages carrying 2,000 events with distinct undeclared entity_type "
+     "values (50,000 in the report; the suite sends 2,000), and events whose metadata rows is "
+     "a string, a list or -5, beside a valid event",
+     "the metrics store keeps only declared models, manual and unknown (the total hash stays "
+     "under 100 fields, the snapshot lists no foreign label, the 2,000 count under unknown); "
+     "the bad rows values count as one row; every event is applied, no dead letter")
+def test_hostile_entity_types_do_not_grow_the_metrics(settings, celery_worker, recorder,
+                                                      redis_client):
+    from cache_invalidation import metrics
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "celery", "MODEL_RATE_LIMIT": 3}
+    before = metrics.snapshot()["per_model"].get("unknown", {}).get("day", {}).get("applied", 0)
+    hostile = [
+        _valid(f"hostile:{i}", type="x.updated", entity_type=f"evil.Model{i}", entity_id="1")
+        for i in range(2000)
+    ]
+    rows = [_valid("rows", type="shop.Product.bulk_updated", entity_type="shop.Product",
+                   metadata={"rows": value}) for value in ("many", [1], -5)]
+    cache = TaggedCache("default")
+    cache.set("page", "cached", tags=["valid-one"])
+    valid = _valid("valid-one")
+    send_message([hostile], {})
+    send_message([[*rows, valid]], {})
+    assert wait_for(lambda: sum(len(a["events"]) for a in recorder.applied) == 2004, timeout=30)
+    assert cache.get("page") is None
+    assert not DeadLetter.objects.exists()
+    total = redis_client.hkeys(_make_key("ci:stats:total"))
+    assert len(total) < 100, len(total)
+    assert not any(k.startswith(b"evil.") for k in total)
+    per_model = metrics.snapshot()["per_model"]
+    assert set(per_model) <= metrics.declared_labels() | {"manual", "unknown"}
+    assert per_model["unknown"]["day"]["applied"] == before + 2000
+
+
+@row("A Celery message with a hostile retries header",
+     "raw JSON apply_batch messages with retries -10**12, 10**12 and 'x' while the cache "
+     "alias points at a closed port (every attempt fails), MAX_RETRIES 2",
+     "retries is counted as 0..MAX_RETRIES (a WARNING says so): the -10**12 and 'x' messages "
+     "are dead-lettered after 3 attempts, the 10**12 one after its first, each within seconds "
+     "(it used to retry with zero backoff practically forever)")
+@pytest.mark.parametrize(("retries", "attempts"), [(-10**12, 3), (10**12, 3), ("x", 3)])
+def test_a_hostile_retries_header_is_clamped(settings, celery_worker, recorder, caplog, retries,
+                                            attempts):
+    settings.CACHES = {
+        **settings.CACHES,
+        "nowhere": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2},
+        },
+    }
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "celery", "CACHE_ALIAS": "nowhere",
+                                   "MAX_RETRIES": 2, "RETRY_BACKOFF": 0.1,
+                                   "RETRY_BACKOFF_MAX": 0.2, "RETRY_JITTER": False,
+                                   "MAIL_ADMINS": False}
+    with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
+        send_message([[_valid("unreachable")]], {}, retries=retries)
+        assert wait_for(lambda: DeadLetter.objects.exists(), timeout=30)
+    [letter] = DeadLetter.objects.all()
+    assert (letter.reason, letter.attempts) == ("retries_exhausted", attempts)
+    assert any("counted as" in r.getMessage() for r in caplog.records)
+    expected = 1 if retries == 10**12 else 3
+    assert wait_for(lambda: len(recorder.failed) == expected, timeout=5)
+    assert [f["will_retry"] for f in recorder.failed][-1] is False
+
+
+@row("An event whose timestamp is out of range, beside valid events",
+     "a raw JSON apply_batch message of three events: valid, timestamp -1.7e308, valid "
+     "(and the decoder given timestamps -1, 1e11 and 1.7e308)",
+     "the decoder refuses the out-of-range ones (\"'timestamp' must be between 0 and "
+     "10000000000\"); in the message only the poisoned event becomes a malformed dead letter, "
+     "the two valid events are applied and counted (no OverflowError)")
+def test_a_poisoned_event_does_not_take_its_batch_down(settings, celery_worker, recorder):
+    from cache_invalidation import InvalidEventError
+
+    for timestamp in (-1, 1e11, 1.7e308, -1.7e308):
+        with pytest.raises(InvalidEventError, match=r"'timestamp' must be between 0 and "
+                                                    r"10000000000 \(seconds since the epoch\)"):
+            InvalidationEvent.from_dict(_valid("t", timestamp=timestamp))
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "celery"}
+    cache = TaggedCache("default")
+    cache.set("first", "cached", tags=["first"])
+    cache.set("last", "cached", tags=["last"])
+    poisoned = _valid("poisoned", timestamp=-1.7e308)
+    send_message([[_valid("first"), poisoned, _valid("last")]], {})
+    assert wait_for(lambda: recorder.applied, timeout=20)
+    assert cache.get("first") is None and cache.get("last") is None
+    assert [len(a["events"]) for a in recorder.applied] == [2]
+    assert wait_for(lambda: DeadLetter.objects.exists(), timeout=5)
+    [letter] = DeadLetter.objects.all()
+    assert letter.reason == "malformed" and letter.events == [poisoned]
+    assert "event 1: 'timestamp' must be between 0 and 10000000000" in letter.last_error
