@@ -56,7 +56,9 @@ def record(
     if tags is None or keys is None:
         tags, keys = union(decoded)
     now = timezone.now()
-    affected = ",".join(sorted({e.entity_type or "manual" for e in decoded}))[:255]
+    # Declared models only (else "unknown"): an entity_type comes from a message, and this
+    # column is an admin filter, whose choices must stay few.
+    affected = ",".join(sorted({metrics.label(e) for e in decoded}))[:255]
     try:
         row = DeadLetter.objects.create(
             events=raw,

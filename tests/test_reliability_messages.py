@@ -21,7 +21,7 @@ from cache_invalidation.models import DeadLetter
 from tests.conftest import wait_for
 from tests.faults import row
 
-pytestmark = [pytest.mark.reliability, pytest.mark.celery, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
 
 
 def send_message(args: list, kwargs: dict, retries: int = 0) -> str:
@@ -53,6 +53,7 @@ def _make_key(key: str) -> str:
      "cache's ci:d: prefix (each with members whose keys exist)",
      "the drain script refuses them all (a WARNING names them): every set keeps its members "
      "and every member key survives; the message's event is still applied")
+@pytest.mark.celery
 def test_drains_from_a_message_touch_only_registered_draining_sets(settings, celery_worker,
                                                                   redis_client, recorder,
                                                                   caplog):
@@ -91,6 +92,7 @@ def test_drains_from_a_message_touch_only_registered_draining_sets(settings, cel
      "the drains are ignored with a WARNING; the message's event is applied, no dead letter, "
      "the worker goes on")
 @pytest.mark.parametrize("drains", [{"a": 1}, "ci:d:x", [1, ["x"], None]])
+@pytest.mark.celery
 def test_drains_that_are_not_a_list_of_strings_are_ignored(settings, celery_worker, recorder,
                                                           drains):
     settings.CACHE_INVALIDATION = {"TRANSPORT": "celery"}
@@ -116,6 +118,7 @@ def _valid(tag: str, **fields: object) -> dict:
      "the metrics store keeps only declared models, manual and unknown (the total hash stays "
      "under 100 fields, the snapshot lists no foreign label, the 2,000 count under unknown); "
      "the bad rows values count as one row; every event is applied, no dead letter")
+@pytest.mark.celery
 def test_hostile_entity_types_do_not_grow_the_metrics(settings, celery_worker, recorder,
                                                       redis_client):
     from cache_invalidation import metrics
@@ -151,6 +154,7 @@ def test_hostile_entity_types_do_not_grow_the_metrics(settings, celery_worker, r
      "are dead-lettered after 3 attempts, the 10**12 one after its first, each within seconds "
      "(it used to retry with zero backoff practically forever)")
 @pytest.mark.parametrize(("retries", "attempts"), [(-10**12, 3), (10**12, 3), ("x", 3)])
+@pytest.mark.celery
 def test_a_hostile_retries_header_is_clamped(settings, celery_worker, recorder, caplog, retries,
                                             attempts):
     settings.CACHES = {
@@ -182,6 +186,7 @@ def test_a_hostile_retries_header_is_clamped(settings, celery_worker, recorder, 
      "the decoder refuses the out-of-range ones (\"'timestamp' must be between 0 and "
      "10000000000\"); in the message only the poisoned event becomes a malformed dead letter, "
      "the two valid events are applied and counted (no OverflowError)")
+@pytest.mark.celery
 def test_a_poisoned_event_does_not_take_its_batch_down(settings, celery_worker, recorder):
     from cache_invalidation import InvalidEventError
 
@@ -202,3 +207,28 @@ def test_a_poisoned_event_does_not_take_its_batch_down(settings, celery_worker, 
     [letter] = DeadLetter.objects.all()
     assert letter.reason == "malformed" and letter.events == [poisoned]
     assert "event 1: 'timestamp' must be between 0 and 10000000000" in letter.last_error
+
+
+@row("An outbox batch with one row that does not decode",
+     "three OutboxEvent rows of one batch written directly: valid, timestamp -1.7e308, valid; "
+     "outbox.relay() delivers it",
+     "only the bad row becomes a malformed dead letter (and leaves the outbox); the two valid "
+     "rows are delivered: their entries are gone and their rows deleted")
+def test_a_poisoned_outbox_row_does_not_take_its_batch_down(settings):
+    from cache_invalidation import outbox
+    from cache_invalidation.models import OutboxEvent
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "outbox"}
+    cache = TaggedCache("default")
+    cache.set("first", "cached", tags=["first"])
+    cache.set("last", "cached", tags=["last"])
+    batch = uuid.uuid4()
+    poisoned = _valid("poisoned", timestamp=-1.7e308)
+    for event in (_valid("first"), poisoned, _valid("last")):
+        OutboxEvent.objects.create(batch=batch, event=event)
+    result = outbox.relay()
+    assert (result.events, result.dead_lettered, result.failed) == (2, 1, 0)
+    assert cache.get("first") is None and cache.get("last") is None
+    assert not OutboxEvent.objects.exists()
+    [letter] = DeadLetter.objects.all()
+    assert letter.reason == "malformed" and letter.events == [poisoned]
