@@ -50,7 +50,8 @@ def _make_key(key: str) -> str:
 @row("A Celery message whose drains name sets that are not this cache's draining sets",
      "a raw JSON apply_batch message with drains naming another application's set, another "
      "KEY_PREFIX's tag set, this cache's own tag set and an unregistered set under this "
-     "cache's ci:d: prefix (each with members whose keys exist)",
+     "cache's ci:d: prefix (each with members whose keys exist), and 250 more unregistered "
+     "names under that prefix (drained at most 100 names a script call)",
      "the drain script refuses them all (a WARNING names them): every set keeps its members "
      "and every member key survives; the message's event is still applied")
 @pytest.mark.celery
@@ -71,7 +72,8 @@ def test_drains_from_a_message_touch_only_registered_draining_sets(settings, cel
         for member in members:
             redis_client.set(member, "keep")
     own_tag_set = _make_key("ci:t:post:1")
-    names = [*foreign, own_tag_set]
+    # ... and more names than one drain call takes, all unregistered.
+    names = [*foreign, own_tag_set, *(_make_key(f"ci:d:none:{i}") for i in range(250))]
     event = InvalidationEvent(type="manual", tags=("after",))
     with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
         send_message([encode_batch([event])], {"drains": names})
@@ -82,7 +84,7 @@ def test_drains_from_a_message_touch_only_registered_draining_sets(settings, cel
     assert redis_client.sismember(own_tag_set, _make_key("post-1"))
     assert cache.get("post-1") == "cached"
     [warning] = [r for r in caplog.records if "refused to drain" in r.getMessage()]
-    assert "refused to drain 4 set(s) that are not this cache's registered draining sets" \
+    assert "refused to drain 254 set(s) that are not this cache's registered draining sets" \
         in warning.getMessage()
     assert not DeadLetter.objects.exists()
 

@@ -72,6 +72,8 @@ KEYS_PER_CALL = 500
 #: may go unclaimed before another invalidation takes over its drain: its drainer is then
 #: presumed lost (a reply lost after the script ran, a process killed while draining).
 DRAINING = "ci:draining"
+#: Draining sets named per drain script call.
+DRAINS_PER_CALL = 100
 ORPHANED_AFTER_MS = 30_000
 
 # KEYS: value, seq, lease, stale, tag list, epoch. ARGV: want lease, token, lease ttl ms,
@@ -481,17 +483,22 @@ class RedisTagBackend:
         # Checked again inside the script (the authority); filtering here too keeps a foreign
         # name out of KEYS, where on a cluster it would hash to another slot and fail the call.
         left = [k for k in dict.fromkeys(set_keys) if k.startswith(prefix)]
-        refused = [k for k in set_keys if k not in left]
-        while left:
-            try:
-                removed, still, denied = self._run(
-                    _DRAIN, left, [CHUNK, self._key(DRAINING), prefix]
-                )
-            except RedisError as exc:
-                raise _DrainFailed(left, deleted) from exc
-            deleted += int(removed)
-            left = [d.decode() if isinstance(d, bytes) else str(d) for d in still]
-            refused += [d.decode() if isinstance(d, bytes) else str(d) for d in denied]
+        kept = set(left)
+        refused = [k for k in set_keys if k not in kept]
+        # At most DRAINS_PER_CALL names per call: a message may name any number of them.
+        pending = left
+        while pending:
+            group, pending = pending[:DRAINS_PER_CALL], pending[DRAINS_PER_CALL:]
+            while group:
+                try:
+                    removed, still, denied = self._run(
+                        _DRAIN, group, [CHUNK, self._key(DRAINING), prefix]
+                    )
+                except RedisError as exc:
+                    raise _DrainFailed(group + pending, deleted) from exc
+                deleted += int(removed)
+                group = [d.decode() if isinstance(d, bytes) else str(d) for d in still]
+                refused += [d.decode() if isinstance(d, bytes) else str(d) for d in denied]
         if refused:
             logger.warning(
                 "cache_invalidation: refused to drain %d set(s) that are not this cache's "
