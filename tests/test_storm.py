@@ -77,31 +77,6 @@ def test_a_manual_event_is_never_escalated(settings, caplog):
         assert not any("escalated" in r.getMessage() for r in caplog.records), round_
 
 
-@row("An escalated bulk update() whose rows render a template with a NULL foreign key",
-     "600 testapp.Novel rows, half with author NULL (their tag author:None:books matches no "
-     "coarse pattern, which expects digits), changed by one queryset update() with "
-     "MAX_TAGS_PER_EVENT 100; entries cached under author:None:books and author:<pk>:books",
-     "the event is escalated to testapp.Novel:# plus the tags no coarse tag covers: both "
-     "entries are gone, the WARNING says '1 tag(s) no coarse tag covers'")
-def test_an_escalated_event_keeps_the_tags_no_coarse_tag_covers(settings, caplog):
-    from tests.testapp.models import Author, Novel
-
-    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 100}
-    with no_invalidation():
-        author = Author.objects.create(name="a")
-        Novel.objects.bulk_create(
-            [Novel(title=str(i), author=author if i % 2 else None) for i in range(600)]
-        )
-    tagged_cache.set("orphans", "x", tags=["author:None:books"])
-    tagged_cache.set("authored", "x", tags=[f"author:{author.pk}:books"])
-    with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
-        assert Novel.objects.update(title="t") == 600
-    assert tagged_cache.get("authored") is None  # through the coarse tag
-    assert tagged_cache.get("orphans") is None  # precisely: no coarse tag covers it
-    [record] = [r for r in caplog.records if "escalated" in r.getMessage()]
-    assert "to ['testapp.Novel:#'] and 1 tag(s) no coarse tag covers:" in record.getMessage()
-
-
 def test_an_escalated_event_without_a_known_model_applies_its_tags_precisely(settings):
     """A foreign event (no entity type) whose tags no declared template produced: escalating
     it to no coarse tag at all would invalidate nothing."""
