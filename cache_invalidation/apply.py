@@ -72,7 +72,7 @@ def apply_events(
             deleted,
             extra=log_extra(fresh, stage="apply", tags=list(tags), keys=list(keys)),
         )
-    signals.invalidation_applied.send(sender=None, events=fresh, deleted=deleted, duration=duration)
+    signals.send(signals.invalidation_applied, events=fresh, deleted=deleted, duration=duration)
     return deleted
 
 
@@ -93,6 +93,6 @@ def report_failure(
         exc_info=None if will_retry else error,
         extra=log_extra(events, stage=stage),
     )
-    signals.invalidation_failed.send_robust(
-        sender=None, events=events, error=error, stage=stage, will_retry=will_retry
+    signals.send(
+        signals.invalidation_failed, events=events, error=error, stage=stage, will_retry=will_retry
     )

@@ -68,3 +68,16 @@ def coarse_tags_for(tags: Iterable[str]) -> list[str]:
         if any(pattern.fullmatch(tag) for tag in tag_list):
             labels[label] = None
     return [coarse_tag(label) for label in labels]
+
+
+def uncovered(tags: Iterable[str], coarse: Iterable[str]) -> list[str]:
+    """The ``tags`` that no tag of ``coarse`` reaches: their entries need them invalidated."""
+    chosen = set(coarse)
+    covering = [pattern for label, pattern in _patterns() if coarse_tag(label) in chosen]
+    return [
+        tag
+        for tag in tags
+        if tag not in chosen
+        # An entry never gets a coarse tag for a tag that looks like one (see coarse_tags_for).
+        and (is_coarse(tag) or not any(p.fullmatch(tag) for p in covering))
+    ]

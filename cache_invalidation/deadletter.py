@@ -78,7 +78,9 @@ def record(
     if tags is None or keys is None:
         tags, keys = union(decoded)
     now = timezone.now()
-    affected = ",".join(sorted({e.entity_type or "manual" for e in decoded}))[:255]
+    # Declared models only (else "unknown"): an entity_type comes from a message, and this
+    # column is an admin filter, whose choices must stay few.
+    affected = ",".join(sorted({metrics.label(e) for e in decoded}))[:255]
     try:
         row = DeadLetter.objects.create(
             events=raw,
@@ -147,7 +149,9 @@ def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str
         logger.error(message, extra=extra)
         return
     logger.critical(message, extra=extra)
-    signals.dead_lettered.send_robust(sender=type(row), dead_letter=row, events=events, error=error)
+    signals.send(
+        signals.dead_lettered, sender=type(row), dead_letter=row, events=events, error=error
+    )
     if config["MAIL_ADMINS"]:
         # Not fail_silently=True: Django 6.1 deprecates it, and a mail that could not be sent
         # deserves a log line of its own rather than silence.

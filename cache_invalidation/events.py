@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCHEMA_VERSION = 1
+#: The range of ``timestamp`` (seconds since the epoch): 1970 to the year 2286. Anything else is
+#: no time an event was made at, and arithmetic on it (the lag) would overflow.
+MAX_TIMESTAMP = 10_000_000_000
 #: Nesting allowed in ``metadata`` (objects and lists inside it).
 MAX_DEPTH = 32
 
@@ -91,6 +94,9 @@ class InvalidationEvent:
                 continue
             value = data[name]
             error = _check(kind, value)
+            if not error and name == "timestamp" and not 0 <= value <= MAX_TIMESTAMP:
+                error = f"must be between 0 and {MAX_TIMESTAMP} (seconds since the epoch), got "
+                error += _show(value)
             if error:
                 problems.append(f"{name!r} {error}")
             else:
@@ -255,15 +261,29 @@ def decode_batch(payload: Any, max_event_bytes: int | None = None) -> list[Inval
 
     With ``max_event_bytes``, an event whose compact JSON encoding is larger is refused too.
     """
+    events, _, problems = decode_each(payload, max_event_bytes)
+    if problems:
+        raise InvalidEventError(problems)
+    return events
+
+
+def decode_each(
+    payload: Any, max_event_bytes: int | None = None
+) -> tuple[list[InvalidationEvent], list[Any], list[str]]:
+    """Decode what can be decoded of a batch: ``(events, rejected items, problems)``, so one
+    poisoned event does not take the valid events of its batch down with it. Raises
+    :class:`InvalidEventError` only when ``payload`` is not a list at all."""
     if not isinstance(payload, list):
         raise InvalidEventError([f"a batch must be a list of events, got {type(payload).__name__}"])
     events: list[InvalidationEvent] = []
+    rejected: list[Any] = []
     problems: list[str] = []
     for index, item in enumerate(payload):
         try:
             event = InvalidationEvent.from_dict(item)
         except InvalidEventError as exc:
             problems.extend(f"event {index}: {p}" for p in exc.problems)
+            rejected.append(item)
             continue
         size = encoded_size(event) if max_event_bytes is not None else 0
         if max_event_bytes is not None and size > max_event_bytes:
@@ -271,11 +291,10 @@ def decode_batch(payload: Any, max_event_bytes: int | None = None) -> list[Inval
                 f"event {index}: {size} bytes encoded, over the limit of {max_event_bytes} "
                 "(MAX_EVENT_BYTES)"
             )
+            rejected.append(item)
             continue
         events.append(event)
-    if problems:
-        raise InvalidEventError(problems)
-    return events
+    return events, rejected, problems
 
 
 def coalesce(events: list[InvalidationEvent]) -> list[InvalidationEvent]:

@@ -4,11 +4,12 @@ Kept in the invalidation cache (``CACHE_ALIAS``), so every process (web, worker,
 to the same numbers and any of them can read them (``manage.py cache_invalidation_status``, the
 admin dashboard, the Prometheus view).
 
-**Counters**, each counting *events* per model (``event.entity_type``; ``"manual"`` for
-:func:`~cache_invalidation.invalidate` events, ``"unknown"`` for a message too malformed to
-decode): ``published`` (left this process: sent to the broker, applied inline, delivered from
-the outbox), ``applied`` (each application; replays count again), ``failed`` (failed
-attempts: an event retried three times counts three), ``dead_lettered``, ``duplicates``
+**Counters**, each counting *events* per model (``event.entity_type`` of a declared model;
+``"manual"`` for :func:`~cache_invalidation.invalidate` events, ``"unknown"`` for a message too
+malformed to decode or naming no declared model, so the labels stay bounded): ``published``
+(left this process: sent to the broker, applied inline, delivered from the outbox),
+``applied`` (each application; replays count again), ``failed`` (failed attempts: an event
+retried three times counts three), ``dead_lettered``, ``duplicates``
 (skipped because their id was already applied) and ``escalated`` (storm control). **Lag**:
 seconds from ``event.timestamp`` (made, before commit) to applied, in a histogram with fixed
 bounds (:data:`LAG_BOUNDS_MS`).
@@ -59,10 +60,28 @@ LAG = "~lag"
 
 
 def label(event: InvalidationEvent | None) -> str:
-    """The model label an event is counted under."""
+    """The model label an event is counted under: its model when declared, ``"manual"`` for
+    an event of no model, ``"unknown"`` otherwise (an event's ``entity_type`` comes from a
+    message, so the set of labels must stay the declared models': bounded)."""
     if event is None:
         return UNKNOWN
-    return event.entity_type or MANUAL
+    if not event.entity_type:
+        return MANUAL
+    return event.entity_type if event.entity_type in declared_labels() else UNKNOWN
+
+
+_declared: tuple[int, frozenset[str]] = (-1, frozenset())
+
+
+def declared_labels() -> frozenset[str]:
+    """The labels of the declared models (recomputed when the registry grows)."""
+    global _declared
+    from .registry import registry
+
+    size = len(registry.policies)
+    if _declared[0] != size:
+        _declared = (size, frozenset(p.label for p in registry.policies.values()))
+    return _declared[1]
 
 
 def lag_bucket(lag_ms: float) -> int:
@@ -326,11 +345,14 @@ def _counts(found: dict[str, int]) -> dict[str, int]:
 def _fold(hashes: Iterable[dict[str, int]]) -> dict[str, dict[str, int]]:
     """Sum ``"<model>|<counter>"`` fields of several buckets into {model: {counter: n}}."""
     out: dict[str, dict[str, int]] = {}
+    known = declared_labels() | {MANUAL, UNKNOWN}
     for found in hashes:
         for field, value in found.items():
             model, _, name = field.rpartition("|")
             if not model or model == LAG:
                 continue
+            if model not in known:  # written before labels were bounded, or by a foreign app
+                model = UNKNOWN
             counts = out.setdefault(model, {})
             counts[name] = counts.get(name, 0) + int(value)
     return out

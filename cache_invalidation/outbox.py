@@ -73,7 +73,7 @@ def committed(events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> 
     from . import recorder, signals
 
     recorder.published(events, "outbox")
-    signals.invalidation_published.send(sender=None, events=events, transport="outbox")
+    signals.send(signals.invalidation_published, events=events, transport="outbox")
     deliver_after_commit(batch, using)
 
 
@@ -109,7 +109,7 @@ def relay(
     from . import deadletter
     from .apply import apply_events
     from .conf import get_config
-    from .events import decode_batch
+    from .events import decode_each
     from .models import DeadLetter, OutboxEvent
 
     result = RelayResult()
@@ -121,14 +121,20 @@ def relay(
         for row in rows.order_by("created_at", "pk")[:limit]:
             groups[row.batch].append(row)
         for batch_id, members in groups.items():
-            ids = [row.pk for row in members]
-            try:
-                events = decode_batch([row.event for row in members])
-            except InvalidEventError as exc:
-                deadletter.record([row.event for row in members], DeadLetter.Reason.MALFORMED, exc)
-                OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
+            # A row that does not decode (written by other code, edited by hand) is
+            # dead-lettered alone: the valid rows of its batch are still delivered.
+            events, rejected, problems = decode_each([row.event for row in members])
+            bad = [r for r in members if r.event in rejected] if rejected else []
+            if bad:
+                deadletter.record(
+                    [r.event for r in bad], DeadLetter.Reason.MALFORMED, InvalidEventError(problems)
+                )
+                OutboxEvent.objects.using(using).filter(pk__in=[r.pk for r in bad]).delete()
                 result.dead_lettered += 1
-                continue
+                members = [r for r in members if r not in bad]
+                if not members:
+                    continue
+            ids = [row.pk for row in members]
             try:
                 apply_events(events, published=True)
             except Exception as exc:

@@ -14,12 +14,16 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+#: Backoff doubles at most this many times (2**62 seconds is far past any RETRY_BACKOFF_MAX):
+#: an attempt count can come from a message (its retries header).
+MAX_EXPONENT = 62
+
 
 def backoff(attempt: int, config: Mapping[str, Any], *, floor: float = 0.0) -> float:
     """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0)."""
     attempt = max(0, int(attempt))
     base = max(float(config["RETRY_BACKOFF"]), floor)
-    countdown = min(float(config["RETRY_BACKOFF_MAX"]), base * 2 ** min(attempt, 64))
+    countdown = min(float(config["RETRY_BACKOFF_MAX"]), base * 2 ** min(attempt, MAX_EXPONENT))
     if config["RETRY_JITTER"]:
         countdown = random.uniform(0, countdown)
     return max(floor, countdown)

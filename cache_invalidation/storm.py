@@ -5,8 +5,8 @@ of each declared model whose templates could have produced one of its tags (and 
 named by an automatic tag). Invalidating a model's coarse tag therefore drops every entry that
 any change of that model could reach, in one tag.
 
-When applying a batch, an event is *escalated* to the coarse tags of the models it concerns
-(its keys are still deleted one by one) when
+When applying a batch, a model's event is *escalated* to the coarse tags of the models it
+concerns (its keys are still deleted one by one) when
 
 - it derives more than ``MAX_TAGS_PER_EVENT`` tags (a bulk update of 100,000 rows), or
 - its model published more than ``MODEL_RATE_LIMIT`` events within ``RATE_LIMIT_WINDOW``
@@ -16,7 +16,12 @@ When applying a batch, an event is *escalated* to the coarse tags of the models 
   over the limit on its own is escalated at once.
 
 Each escalation logs a WARNING and counts in the ``escalated`` counter. Escalating
-over-invalidates (more entries recomputed), never under-invalidates.
+over-invalidates (more entries recomputed), never under-invalidates: a tag of the event that
+none of the chosen coarse tags covers (a tag no declared template could produce, a template
+rendered with a NULL foreign key such as ``author:None:books``) stays in the escalated event and
+is applied precisely. A manual event (:func:`~cache_invalidation.invalidate`, the admin page,
+``manage.py invalidate_cache``) is never escalated: an operator named those tags, and the
+backend applies a batch of any size in bounded script calls anyway.
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ from django.dispatch import receiver
 
 from . import coarse, metrics
 from .bookkeeping import Bookkeeping
-from .coarse import coarse_tags_for
+from .coarse import coarse_tags_for, uncovered
 from .conf import CONFIG_SETTINGS, get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
 from .tagnames import auto_labels, coarse_tag
 
 logger = logging.getLogger("cache_invalidation")
+
+#: The ``type`` of an event made by :func:`~cache_invalidation.invalidate` (and the admin).
+MANUAL = "manual"
 
 
 def reset() -> None:
@@ -75,7 +83,9 @@ def control(events: list[InvalidationEvent], bookkeeping: Bookkeeping) -> list[I
     result = []
     for event in events:
         reason = None
-        if len(event.tags) > cap:
+        if event.type == MANUAL:
+            pass  # named by an operator: applied as it is (in bounded calls by the backend)
+        elif len(event.tags) > cap:
             reason = f"{len(event.tags)} tags exceed MAX_TAGS_PER_EVENT ({cap})"
         elif event.entity_type and event.entity_type in over_rate:
             reason = f"{event.entity_type} is over MODEL_RATE_LIMIT"
@@ -85,16 +95,24 @@ def control(events: list[InvalidationEvent], bookkeeping: Bookkeeping) -> list[I
 
 def _escalate(event: InvalidationEvent, reason: str) -> InvalidationEvent:
     coarse = _coarse_for_event(event)
+    # Only tags a coarse tag covers may be dropped: an entry carries the coarse tag of a model
+    # exactly when one of its tags matches that model's pattern (see coarse_tags_for).
+    precise = uncovered(event.tags, coarse)
     logger.warning(
-        "cache_invalidation: escalated event %s (%s) to %s: %s",
+        "cache_invalidation: escalated event %s (%s) to %s%s: %s",
         event.id,
         event.type,
         coarse,
+        f" and {len(precise)} tag(s) no coarse tag covers" if precise else "",
         reason,
         extra=log_extra([event], stage="escalate"),
     )
     metrics.incr("escalated", model=metrics.label(event))
-    return replace(event, tags=tuple(coarse), metadata={**event.metadata, "escalated": reason})
+    return replace(
+        event,
+        tags=tuple(dict.fromkeys([*coarse, *precise])),
+        metadata={**event.metadata, "escalated": reason},
+    )
 
 
 def _coarse_for_event(event: InvalidationEvent) -> list[str]:
@@ -121,7 +139,8 @@ def _coarse_for_event(event: InvalidationEvent) -> list[str]:
                 pending.extend(r.target for r in policy.related)
     tags = [coarse_tag(label) for label in labels]
     if not tags or not event.entity_type:
-        # A manual event: find the models its tags belong to (sampled: the cap is large).
+        # No model named (a foreign message): find the models its tags belong to (sampled: the
+        # cap is large; tags of models not found stay precise).
         tags = list(dict.fromkeys([*tags, *coarse_tags_for(event.tags[:1000])]))
     return tags
 
@@ -144,9 +163,12 @@ def _over_rate(
     if limit <= 0:
         return set()
     counts: Counter[str] = Counter()
+    declared = metrics.declared_labels()
     for event in events:
-        if event.entity_type:
-            counts[event.entity_type] += int(event.metadata.get("rows", 1) or 1)
+        # Only declared models have a count (an event's entity_type and metadata come from a
+        # message: no unbounded set of counters, no poisoned batch from a bad "rows").
+        if event.entity_type in declared:
+            counts[event.entity_type] += _rows(event)
     if not counts:
         return set()
     slot = int(time.time() // window)
@@ -154,6 +176,14 @@ def _over_rate(
         (f"{RATE_PREFIX}{label}:{slot}", n, window * 2) for label, n in counts.items()
     )
     return {label for label, n in counts.items() if n > limit or _over.get(label) == slot}
+
+
+def _rows(event: InvalidationEvent) -> int:
+    """The rows a bulk event stands for (``metadata["rows"]``), 1 when absent or not a count."""
+    rows = event.metadata.get("rows", 1)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        return 1
+    return rows
 
 
 def learn(bookkeeping: Bookkeeping) -> None:

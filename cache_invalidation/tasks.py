@@ -21,7 +21,7 @@ from . import deadletter, dedup
 from .apply import apply_events, report_failure
 from .backends import PartialInvalidation
 from .conf import get_config
-from .events import InvalidEventError, decode_batch
+from .events import InvalidEventError, decode_each, encode_batch
 from .logfields import log_extra
 from .retry import backoff
 
@@ -48,8 +48,9 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int:
     """Apply one published batch (a list of event dicts). Returns entries deleted.
 
-    Every way out ends applied, retried, or in the dead-letter queue: a malformed message
-    (or an event over ``MAX_EVENT_BYTES``) is dead-lettered at once; a Redis connection error
+    Every way out ends applied, retried, or in the dead-letter queue: a malformed event
+    (or one over ``MAX_EVENT_BYTES``) is dead-lettered at once, alone (the valid events of its
+    message are applied); a Redis connection error
     or timeout is retried, then dead-lettered; a message redelivered ``MAX_DELIVERIES`` times
     (its workers kept dying) is dead-lettered instead of looping forever. A dead letter the
     database cannot take is not acknowledged away: the message is retried later.
@@ -57,11 +58,24 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
     from .models import DeadLetter
 
     config = get_config()
+    _clamp_retries(self.request, int(config["MAX_RETRIES"]))
+    drains = _drain_names(drains)
     try:
-        events = decode_batch(payload, max_event_bytes=int(config["MAX_EVENT_BYTES"]))
+        events, rejected, problems = decode_each(
+            payload, max_event_bytes=int(config["MAX_EVENT_BYTES"])
+        )
     except InvalidEventError as exc:
         report_failure([], exc, stage="decode", will_retry=False)
         return _dead_letter(self, payload, DeadLetter.Reason.MALFORMED, exc)
+    if problems:
+        invalid = InvalidEventError(problems)
+        report_failure([], invalid, stage="decode", will_retry=False)
+        if not events:
+            return _dead_letter(self, payload, DeadLetter.Reason.MALFORMED, invalid)
+        # The bad events alone become the dead letter; the good ones go on, and a retry of
+        # this message carries only them (so the bad ones are not dead-lettered twice).
+        _dead_letter(self, rejected, DeadLetter.Reason.MALFORMED, invalid)
+        self.request.args = [encode_batch(events), *list(self.request.args or ())[1:]]
     done, deliveries = dedup.lookup((e.id for e in events), _delivery_key(self.request))
     if deliveries > int(config["MAX_DELIVERIES"]):
         error = f"delivered {deliveries} times to workers that died before finishing it"
@@ -106,6 +120,47 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
             drains=drains or (),
         )
     return deleted
+
+
+def _clamp_retries(request: Any, max_retries: int) -> None:
+    """Bring the message's ``retries`` header into ``0..MAX_RETRIES``. Anyone on the broker can
+    write it: a negative count would retry (with zero backoff) practically forever, a huge one
+    would make the backoff computation explode, a non-integer would break ``Task.retry``."""
+    retries = request.retries
+    valid = isinstance(retries, int) and not isinstance(retries, bool)
+    clamped = min(max(retries, 0), max(max_retries, 0)) if valid else 0
+    if not valid or clamped != retries:
+        logger.warning(
+            "cache_invalidation: message %s has retries=%s; counted as %d (0 to MAX_RETRIES)",
+            request.id,
+            _short(retries),
+            clamped,
+            extra=log_extra(stage="apply", task_id=request.id),
+        )
+        request.retries = clamped
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _drain_names(drains: Any) -> list[str]:
+    """The ``drains`` argument of a message, which anyone on the broker can write: only a list
+    of strings is kept (the backend then takes only this cache's registered draining sets)."""
+    if not drains:
+        return []
+    names = drains if isinstance(drains, list) else []
+    kept = [d for d in names if isinstance(d, str)]
+    if len(kept) != len(names) or not isinstance(drains, list):
+        logger.warning(
+            "cache_invalidation: ignored a 'drains' argument that is not a list of strings (%s)",
+            type(drains).__name__,
+            extra=log_extra(stage="apply"),
+        )
+    return kept
 
 
 def _dead_letter(task: Any, events: Any, reason: str, error: Any, **fields: Any) -> int:

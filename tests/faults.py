@@ -154,9 +154,11 @@ class TcpProxy:
             return self.state == "up"
 
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        src.settimeout(0.05)
         window = b""
         try:
+            # Inside the try: the other direction's thread (or down()) may have closed the
+            # pair before this thread first runs.
+            src.settimeout(0.05)
             while True:
                 if not self._wait_to_move():
                     return

@@ -3,6 +3,7 @@ the rows they wrote, old and new state, as one event per call in one batch per t
 
 from __future__ import annotations
 
+import logging
 import threading
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from cache_invalidation import no_invalidation, rowstates, tagged_cache
 from cache_invalidation.registry import registry
 from cache_invalidation.resolve import resolve
 from testproject.shop.models import Category, Product, Review
+from tests.faults import row
 from tests.testapp.models import Ebook, Gadget
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -611,3 +613,29 @@ def test_bulk_writes_invalidate_after_the_app_registry_was_reloaded(shop, record
         pass
     Product.objects.filter(pk=products[0].pk).update(price=Decimal("9.00"))
     assert f"product:{products[0].pk}" in recorder.tags
+
+
+@row("An escalated bulk update() whose rows render a template with a NULL foreign key",
+     "600 testapp.Novel rows, half with author NULL (their tag author:None:books matches no "
+     "coarse pattern, which expects digits), changed by one queryset update() with "
+     "MAX_TAGS_PER_EVENT 100; entries cached under author:None:books and author:<pk>:books",
+     "the event is escalated to testapp.Novel:# plus the tags no coarse tag covers: both "
+     "entries are gone, the WARNING says '1 tag(s) no coarse tag covers'")
+def test_an_escalated_update_keeps_the_tags_no_coarse_tag_covers(settings, caplog):
+    """Storm control (see also tests/test_storm.py) on a bulk write."""
+    from tests.testapp.models import Author, Novel
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 100}
+    with no_invalidation():
+        author = Author.objects.create(name="a")
+        Novel.objects.bulk_create(
+            [Novel(title=str(i), author=author if i % 2 else None) for i in range(600)]
+        )
+    tagged_cache.set("orphans", "x", tags=["author:None:books"])
+    tagged_cache.set("authored", "x", tags=[f"author:{author.pk}:books"])
+    with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
+        assert Novel.objects.update(title="t") == 600
+    assert tagged_cache.get("authored") is None  # through the coarse tag
+    assert tagged_cache.get("orphans") is None  # precisely: no coarse tag covers it
+    [record] = [r for r in caplog.records if "escalated" in r.getMessage()]
+    assert "to ['testapp.Novel:#'] and 1 tag(s) no coarse tag covers:" in record.getMessage()

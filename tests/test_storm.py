@@ -14,6 +14,7 @@ from cache_invalidation.bookkeeping import Bookkeeping
 from cache_invalidation.events import InvalidationEvent
 from cache_invalidation.storm import coarse_tags_for
 from testproject.shop.models import Category, Product
+from tests.faults import row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,20 +27,68 @@ def test_entries_carry_the_coarse_tags_of_the_models_their_tags_come_from():
 
 
 def test_an_event_with_too_many_tags_is_escalated(settings, caplog):
-    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 100}
-    tagged_cache.set("page-7", "x", tags=["product:7"])
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 2}
+    with no_invalidation():
+        category = Category.objects.create(name="c", slug="c")
+        product = Product.objects.create(name="p", price=Decimal(1), category=category)
+    tagged_cache.set("page", "x", tags=[f"product:{product.pk}"])
     tagged_cache.set("other", "y", tags=["unrelated"])
     before = metrics.read()["escalated"]
     with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
-        event = invalidate(tags=[f"product:{i}" for i in range(1, 501)])
-    assert tagged_cache.get("page-7") is None  # reached through the coarse tag
+        product.save()  # more tags than the cap
+    assert tagged_cache.get("page") is None  # reached through the coarse tag
     assert tagged_cache.get("other") == "y"
     assert metrics.read()["escalated"] == before + 1
     [record] = [r for r in caplog.records if "escalated" in r.getMessage()]
-    assert record.getMessage() == (
-        f"cache_invalidation: escalated event {event.id} (manual) to "
-        "['shop.Product:#', 'shop.Review:#']: 500 tags exceed MAX_TAGS_PER_EVENT (100)"
+    assert record.getMessage().endswith(
+        "(shop.Product.updated) to ['shop.Product:#']: 5 tags exceed MAX_TAGS_PER_EVENT (2)"
     )
+
+
+@row("A manual invalidation of more tags than MAX_TAGS_PER_EVENT, most matching no declared "
+     "template",
+     "invalidate(tags=[1,001 promo:<n> tags, 'product:7']) and 1,001 --tag options to manage.py "
+     "invalidate_cache, with MAX_TAGS_PER_EVENT 100, entries cached under promo:0, promo:1000 "
+     "and product:7",
+     "never escalated: every named entry is gone (applied in script calls of at most 250 "
+     "tags), nothing logs 'escalated', the escalated counter stays; a bystander stays")
+def test_a_manual_event_is_never_escalated(settings, caplog):
+    from django.core.management import call_command
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 100}
+    promos = [f"promo:{i}" for i in range(1001)]
+    for round_ in ("api", "command"):
+        tagged_cache.set("promo-first", "x", tags=["promo:0"])
+        tagged_cache.set("promo-last", "x", tags=["promo:1000"])
+        tagged_cache.set("page-7", "x", tags=["product:7"])
+        tagged_cache.set("bystander", "y", tags=["product:8"])
+        before = metrics.read()["escalated"]
+        with caplog.at_level(logging.WARNING, logger="cache_invalidation"):
+            if round_ == "api":
+                invalidate(tags=[*promos, "product:7"])
+            else:
+                call_command("invalidate_cache", *[f"--tag={t}" for t in [*promos, "product:7"]],
+                             "--no-input", verbosity=0)
+        assert tagged_cache.get("promo-first") is None, round_
+        assert tagged_cache.get("promo-last") is None, round_
+        assert tagged_cache.get("page-7") is None, round_
+        assert tagged_cache.get("bystander") == "y", round_
+        assert metrics.read()["escalated"] == before, round_
+        assert not any("escalated" in r.getMessage() for r in caplog.records), round_
+
+
+def test_an_escalated_event_without_a_known_model_applies_its_tags_precisely(settings):
+    """A foreign event (no entity type) whose tags no declared template produced: escalating
+    it to no coarse tag at all would invalidate nothing."""
+    from cache_invalidation.apply import apply_events
+
+    settings.CACHE_INVALIDATION = {"TRANSPORT": "sync", "MAX_TAGS_PER_EVENT": 10}
+    tagged_cache.set("promo", "x", tags=["promo:3"])
+    tagged_cache.set("page-7", "x", tags=["product:7"])
+    tags = (*(f"promo:{i}" for i in range(20)), "product:7")
+    apply_events([InvalidationEvent(type="imported", tags=tags)])
+    assert tagged_cache.get("promo") is None
+    assert tagged_cache.get("page-7") is None
 
 
 def test_a_model_over_its_rate_limit_is_escalated(settings, caplog):

@@ -30,6 +30,9 @@ reads of its not-yet-deleted members still see the old values: that window is pa
 invalidation lag. Every draining set is registered with the time it was last claimed; one
 whose drainer is lost (the reply naming it never arrived, the process died) is claimed after
 :data:`ORPHANED_AFTER_MS` by the next invalidation, or by :meth:`~RedisTagBackend.prune`.
+The registry is also what makes a drain named from outside (a retry message's ``drains``, a
+dead letter's) safe: the drain script touches only sets under this cache's ``ci:d:`` prefix
+that the registry lists, and refuses (logs) any other name.
 
 Stores prune the index as they go: each store checks two random members of each of its tags
 and removes those whose entry expired, so under churn a tag's set stays within about twice its
@@ -70,6 +73,8 @@ KEYS_PER_CALL = 500
 #: may go unclaimed before another invalidation takes over its drain: its drainer is then
 #: presumed lost (a reply lost after the script ran, a process killed while draining).
 DRAINING = "ci:draining"
+#: Draining sets named per drain script call.
+DRAINS_PER_CALL = 100
 ORPHANED_AFTER_MS = 30_000
 
 # KEYS: value, seq, lease, stale, tag list, epoch. ARGV: want lease, token, lease ttl ms,
@@ -196,28 +201,38 @@ return {deleted, draining, totals}
 """
 )
 
-# KEYS: draining sets. ARGV: budget, the registry of draining sets. Pops and deletes up to
-# budget members, set after set; returns the deletions and the sets that still have members
-# (an emptied set leaves the registry).
+# KEYS: draining sets. ARGV: budget, the registry of draining sets, the drain prefix. Pops and
+# deletes up to budget members, set after set; returns the deletions, the sets that still have
+# members (an emptied set leaves the registry) and the sets refused. The names come from
+# messages and dead-letter rows, which anyone on the broker can write: only a set under this
+# cache's drain prefix that the registry lists is touched, so no message can make this script
+# pop another application's set or another KEY_PREFIX's tag index.
 _DRAIN = """
 local budget = tonumber(ARGV[1])
+local prefix = ARGV[3]
 local deleted = 0
 local left = {}
+local refused = {}
 for i = 1, #KEYS do
-  if budget > 0 then
-    local members = redis.call('SPOP', KEYS[i], budget)
-    if #members > 0 then
-      deleted = deleted + redis.call('DEL', unpack(members))
-      budget = budget - #members
+  local name = KEYS[i]
+  if string.sub(name, 1, #prefix) ~= prefix or not redis.call('ZSCORE', ARGV[2], name) then
+    refused[#refused + 1] = name
+  else
+    if budget > 0 then
+      local members = redis.call('SPOP', name, budget)
+      if #members > 0 then
+        deleted = deleted + redis.call('DEL', unpack(members))
+        budget = budget - #members
+      end
+    end
+    if redis.call('EXISTS', name) == 1 then
+      left[#left + 1] = name
+    else
+      redis.call('ZREM', ARGV[2], name)
     end
   end
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    left[#left + 1] = KEYS[i]
-  else
-    redis.call('ZREM', ARGV[2], KEYS[i])
-  end
 end
-return {deleted, left}
+return {deleted, left, refused}
 """
 
 # KEYS: a tag set. ARGV: members to check. Removes those whose entry is gone.
@@ -550,14 +565,35 @@ class RedisTagBackend:
         """Empty the draining sets, :data:`CHUNK` members per script call across all of them.
         Raises :class:`_DrainFailed` naming the sets still left."""
         deleted = 0
-        left = set_keys
-        while left:
-            try:
-                removed, still = self._run(_DRAIN, left, [CHUNK, self._key(DRAINING)])
-            except RedisError as exc:
-                raise _DrainFailed(left, deleted) from exc
-            deleted += int(removed)
-            left = [d.decode() if isinstance(d, bytes) else str(d) for d in still]
+        prefix = self._key("ci:d:")
+        # Checked again inside the script (the authority); filtering here too keeps a foreign
+        # name out of KEYS, where on a cluster it would hash to another slot and fail the call.
+        left = [k for k in dict.fromkeys(set_keys) if k.startswith(prefix)]
+        kept = set(left)
+        refused = [k for k in set_keys if k not in kept]
+        # At most DRAINS_PER_CALL names per call: a message may name any number of them.
+        pending = left
+        while pending:
+            group, pending = pending[:DRAINS_PER_CALL], pending[DRAINS_PER_CALL:]
+            while group:
+                try:
+                    removed, still, denied = self._run(
+                        _DRAIN, group, [CHUNK, self._key(DRAINING), prefix]
+                    )
+                except RedisError as exc:
+                    raise _DrainFailed(group + pending, deleted) from exc
+                deleted += int(removed)
+                group = [d.decode() if isinstance(d, bytes) else str(d) for d in still]
+                refused += [d.decode() if isinstance(d, bytes) else str(d) for d in denied]
+        if refused:
+            logger.warning(
+                "cache_invalidation: refused to drain %d set(s) that are not this cache's "
+                "registered draining sets (under %r): %s",
+                len(refused),
+                prefix,
+                [_show_name(r) for r in refused[:10]],
+                extra=log_extra(stage="apply"),
+            )
         return deleted
 
     # -- maintenance ----------------------------------------------------------------------
@@ -605,6 +641,11 @@ class _DrainFailed(Exception):
 
 def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _show_name(name: Any) -> str:
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _glob_escape(text: str) -> str:

@@ -36,4 +36,4 @@ class CeleryTransport(BaseTransport):
             deadletter.record(events, DeadLetter.Reason.PUBLISH_FAILED, exc)
             return
         published(events, self.name)
-        signals.invalidation_published.send(sender=None, events=events, transport=self.name)
+        signals.send(signals.invalidation_published, events=events, transport=self.name)

@@ -17,8 +17,15 @@ class SyncTransport(BaseTransport):
     name = "sync"
 
     def publish(self, events: list[InvalidationEvent]) -> None:
-        signals.invalidation_published.send(sender=None, events=events, transport=self.name)
         recorder.published(events, self.name)
+        try:
+            self._apply(events)
+        finally:
+            # After the work it reports (applied, or failed and dead-lettered); a receiver
+            # that raises is logged by signals.send and never reaches the user's save().
+            signals.send(signals.invalidation_published, events=events, transport=self.name)
+
+    def _apply(self, events: list[InvalidationEvent]) -> None:
         try:
             # Made here, so no id can have been applied before; counted as published by the
             # same script call that applies them.

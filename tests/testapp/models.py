@@ -184,3 +184,17 @@ class TrackedWidget(Widget):
     class Meta:
         proxy = True
         cache_invalidation = {"tags": ["widget:{pk}"]}
+
+
+class Author(models.Model):
+    name = models.CharField(max_length=50)
+
+
+class Novel(models.Model):
+    """A nullable foreign key: an orphan's template renders as ``author:None:books``."""
+
+    title = models.CharField(max_length=50)
+    author = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        cache_invalidation = {"tags": ["novel:{pk}", "author:{author_id}:books"]}
