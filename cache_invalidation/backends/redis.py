@@ -48,17 +48,21 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import zip_longest
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from ..bookkeeping import LUA as BOOKKEEPING_LUA
 from ..bookkeeping import Bookkeeping
 from ..logfields import log_extra
-from . import probes
 from .base import MISSING, Lookup, PartialInvalidation
+from .redis_lua import DRAIN as _DRAIN
+from .redis_lua import INVALIDATE as _INVALIDATE
+from .redis_lua import LOOKUP as _LOOKUP
+from .redis_lua import PRUNE as _PRUNE
+from .redis_lua import STORE as _STORE
+from .redis_services import RedisServices
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -77,177 +81,8 @@ DRAINING = "ci:draining"
 DRAINS_PER_CALL = 100
 ORPHANED_AFTER_MS = 30_000
 
-# KEYS: value, seq, lease, stale, tag list, epoch. ARGV: want lease, token, lease ttl ms,
-# want stale, want tags (the entry's tags, for an enclosing capture), sequence ttl ms.
-_LOOKUP = """
-local value = redis.call('GET', KEYS[1])
-if value then
-  local tags = false
-  if ARGV[5] == '1' then tags = redis.call('GET', KEYS[5]) end
-  return {value, redis.call('GET', KEYS[2]) or '0', 0, false, tags}
-end
-local since = redis.call('GET', KEYS[2])
-if not since then
-  -- No sequence (first use, or lost): start it, so that the store can tell a later loss.
-  local now = redis.call('TIME')
-  since = now[1] .. string.format('%06d', tonumber(now[2]))
-  redis.call('SET', KEYS[2], since, 'PX', ARGV[6])
-  redis.call('SET', KEYS[6], since, 'PX', ARGV[6])
-end
-local leased = 0
-if ARGV[1] == '1' and redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  leased = 1
-end
-local stale = false
-if ARGV[4] == '1' then stale = redis.call('GET', KEYS[4]) end
-return {false, since, leased, stale, false}
-"""
 
-# KEYS: value, lease, stale, tag list, n tag sets, n versions, epoch, seq.
-# ARGV: value, ttl ms, index ttl ms, n, since ('' = unconditional), token, stale ttl ms,
-# the tags as a JSON list (kept beside the value so a nested capture can learn them).
-_STORE = """
-local n = tonumber(ARGV[4])
-local function release()
-  if ARGV[6] ~= '' and redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
-end
-if ARGV[5] ~= '' then
-  local since = tonumber(ARGV[5])
-  local epoch = redis.call('GET', KEYS[5 + 2 * n])
-  if epoch and tonumber(epoch) > since then release() return 0 end
-  local seq = redis.call('GET', KEYS[6 + 2 * n])
-  if since > 0 and (not seq or tonumber(seq) < since) then release() return 0 end
-  for i = 1, n do
-    local version = redis.call('GET', KEYS[4 + n + i])
-    if version and tonumber(version) > since then release() return 0 end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if tonumber(ARGV[7]) > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7]) end
-if n > 0 then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[2]) else redis.call('DEL', KEYS[4]) end
-for i = 1, n do
-  local set = KEYS[4 + i]
-  for _, member in ipairs(redis.call('SRANDMEMBER', set, 2)) do
-    if member ~= KEYS[1] and redis.call('EXISTS', member) == 0 then
-      redis.call('SREM', set, member)
-    end
-  end
-  redis.call('SADD', set, KEYS[1])
-  if redis.call('PTTL', set) < tonumber(ARGV[3]) then redis.call('PEXPIRE', set, ARGV[3]) end
-end
-release()
-return 1
-"""
-
-# KEYS: seq, n tag sets, n versions, epoch, m plain keys, bookkeeping keys.
-# ARGV: n, index ttl ms, budget, drain prefix, m, bookkeeping operations (JSON), the registry
-# of draining sets (a sorted set: set -> ms when last claimed), orphan age ms.
-_INVALIDATE = (
-    """
-local n = tonumber(ARGV[1])
-local m = tonumber(ARGV[5])
-local epoch = KEYS[2 * n + 2]
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local now = redis.call('TIME')
-  local start = now[1] .. string.format('%06d', tonumber(now[2]))
-  redis.call('SET', KEYS[1], start)
-  redis.call('SET', epoch, start)
-end
-local seq = string.format('%d', redis.call('INCR', KEYS[1]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 4)
-if redis.call('EXISTS', epoch) == 1 then redis.call('PEXPIRE', epoch, tonumber(ARGV[2]) * 4) end
-local budget = tonumber(ARGV[3])
-local deleted = 0
-local draining = {}
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-for i = 1, n do
-  local set = KEYS[1 + i]
-  redis.call('SET', KEYS[1 + n + i], seq, 'PX', ARGV[2])
-  local size = redis.call('SCARD', set)
-  if size > 0 and size <= budget then
-    local members = redis.call('SMEMBERS', set)
-    for s = 1, #members, 500 do
-      deleted = deleted + redis.call('DEL', unpack(members, s, math.min(s + 499, #members)))
-    end
-    redis.call('DEL', set)
-    budget = budget - size
-  elseif size > 0 then
-    local target = ARGV[4] .. seq .. ':' .. i
-    redis.call('RENAME', set, target)
-    redis.call('PEXPIRE', target, ARGV[2])
-    redis.call('ZADD', ARGV[7], now_ms, target)
-    redis.call('PEXPIRE', ARGV[7], ARGV[2])
-    draining[#draining + 1] = target
-  end
-end
-for i = 2 * n + 3, 2 * n + 2 + m do
-  deleted = deleted + redis.call('DEL', KEYS[i])
-end
--- Sets whose drainer was lost (its reply lost, its process gone) are claimed here, so their
--- members do not stay cached until they expire.
-local orphans = redis.call(
-  'ZRANGEBYSCORE', ARGV[7], '-inf', now_ms - tonumber(ARGV[8]), 'LIMIT', 0, 16)
-for _, orphan in ipairs(orphans) do
-  redis.call('ZADD', ARGV[7], now_ms, orphan)
-  draining[#draining + 1] = orphan
-end
-local ops = cjson.decode(ARGV[6])
-local first = 2 * n + 3 + m
-"""
-    + BOOKKEEPING_LUA
-    + """
-return {deleted, draining, totals}
-"""
-)
-
-# KEYS: draining sets. ARGV: budget, the registry of draining sets, the drain prefix. Pops and
-# deletes up to budget members, set after set; returns the deletions, the sets that still have
-# members (an emptied set leaves the registry) and the sets refused. The names come from
-# messages and dead-letter rows, which anyone on the broker can write: only a set under this
-# cache's drain prefix that the registry lists is touched, so no message can make this script
-# pop another application's set or another KEY_PREFIX's tag index.
-_DRAIN = """
-local budget = tonumber(ARGV[1])
-local prefix = ARGV[3]
-local deleted = 0
-local left = {}
-local refused = {}
-for i = 1, #KEYS do
-  local name = KEYS[i]
-  if string.sub(name, 1, #prefix) ~= prefix or not redis.call('ZSCORE', ARGV[2], name) then
-    refused[#refused + 1] = name
-  else
-    if budget > 0 then
-      local members = redis.call('SPOP', name, budget)
-      if #members > 0 then
-        deleted = deleted + redis.call('DEL', unpack(members))
-        budget = budget - #members
-      end
-    end
-    if redis.call('EXISTS', name) == 1 then
-      left[#left + 1] = name
-    else
-      redis.call('ZREM', ARGV[2], name)
-    end
-  end
-end
-return {deleted, left, refused}
-"""
-
-# KEYS: a tag set. ARGV: members to check. Removes those whose entry is gone.
-_PRUNE = """
-local removed = 0
-for _, member in ipairs(ARGV) do
-  if redis.call('EXISTS', member) == 0 then
-    removed = removed + redis.call('SREM', KEYS[1], member)
-  end
-end
-return removed
-"""
-
-
-class RedisTagBackend:
+class RedisTagBackend(RedisServices):
     def __init__(self, cache: Any, max_ttl: int) -> None:
         self.cache = cache
         self.client_wrapper = cache.client
@@ -393,91 +228,6 @@ class RedisTagBackend:
 
     def delete(self, key: str) -> bool:
         return bool(self._redis().delete(self._key(key)))
-
-    def probe(self, timeout: float) -> dict[str, Any]:
-        version, eviction = probes.ping(self._redis(), timeout)
-        return {"detail": "PING answered", "server_version": version, "eviction": eviction}
-
-    # -- key scanning (pattern deletion, see .keypatterns) ------------------------------------
-    def raw_key(self, name: str) -> str:
-        return str(self.cache.client.make_key(name))
-
-    def scan_keys(
-        self, glob: str, count: int, max_calls: int
-    ) -> Iterator[tuple[list[bytes], bool]]:
-        client = self._redis()
-        cursor, calls = 0, 0
-        while calls < max_calls:
-            cursor, found = client.scan(cursor=cursor, match=glob, count=count)
-            calls += 1
-            last = int(cursor) == 0
-            yield list(found), last
-            if last:
-                return
-
-    def unlink(self, keys: Sequence[bytes]) -> int:
-        return int(self._redis().unlink(*keys)) if keys else 0
-
-    def keep_list(self, name: str, items: Sequence[bytes], ttl: int) -> None:
-        key = self.raw_key(name)
-        pipe = self._redis().pipeline(transaction=True)
-        pipe.rpush(key, *items)
-        pipe.expire(key, ttl)
-        pipe.execute()
-
-    def take_list(self, name: str) -> list[bytes]:
-        key = self.raw_key(name)
-        pipe = self._redis().pipeline(transaction=True)
-        pipe.lrange(key, 0, -1)
-        pipe.delete(key)
-        members, _ = pipe.execute()
-        return list(members or [])
-
-    def read_counters(
-        self, names: Sequence[str], fields: Callable[[], list[str]]
-    ) -> list[dict[str, int]]:
-        pipe = self._redis().pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(self._key(name))
-        return [{_text(k): int(v) for k, v in (raw or {}).items()} for raw in pipe.execute()]
-
-    def count_and_read(self, counter: str, ttl: int, keys: Sequence[str]) -> tuple[int, list[bool]]:
-        make_key = self.cache.client.make_key
-        pipe = self._redis().pipeline(transaction=False)
-        pipe.set(make_key(counter), 0, ex=ttl, nx=True)
-        pipe.incr(make_key(counter))
-        if keys:
-            pipe.mget([make_key(k) for k in keys])
-        replies = pipe.execute()
-        found = replies[2] if keys else []
-        return int(replies[1]), [raw is not None for raw in found]
-
-    def write_bookkeeping(self, bookkeeping: Bookkeeping, what: str = "bookkeeping") -> None:
-        """Write ``bookkeeping`` on its own: one pipelined round trip. Never raises."""
-        try:
-            make_key = self.cache.client.make_key
-            pipe = self._redis().pipeline(transaction=False)
-            for name, ttl in bookkeeping.marks:
-                pipe.set(make_key(name), 1, ex=ttl)
-            for name, ttl, fields in bookkeeping.counters:
-                key = make_key(name)
-                for f, n in fields.items():
-                    pipe.hincrby(key, f, n)
-                pipe.expire(key, ttl)
-            for name, amount, ttl in bookkeeping.rates:
-                key = make_key(name)
-                pipe.set(key, 0, ex=ttl, nx=True)
-                pipe.incrby(key, amount)
-            if bookkeeping.deletes:
-                pipe.delete(*(make_key(name) for name in bookkeeping.deletes))
-            replies = pipe.execute()
-        except Exception as exc:  # bookkeeping must never break the work it accounts for
-            bookkeeping.failed(exc, what)
-            return
-        offset = len(bookkeeping.marks) + sum(len(f) + 1 for _, _, f in bookkeeping.counters)
-        bookkeeping.totals = [
-            int(replies[offset + 2 * i + 1]) for i in range(len(bookkeeping.rates))
-        ]
 
     def invalidate(
         self,
@@ -672,7 +422,3 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
