@@ -44,7 +44,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cache_invalidation' has no attribute {name!r}")
-    from importlib import import_module
+    from importlib import import_module  # noqa: PLC0415 - lazy: importing the package touches no settings
 
     return getattr(import_module(module), name)
 

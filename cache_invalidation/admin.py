@@ -17,7 +17,8 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import deadletter
+from . import deadletter, outbox
+from .admin_page import invalidate_view
 from .models import DeadLetter, ManualInvalidation, OutboxEvent
 
 
@@ -134,7 +135,6 @@ class OutboxEventAdmin(_ReadOnly):
         return f"{seconds} s"
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-        from . import outbox
 
         backlog = outbox.backlog()
         if backlog["rows"]:
@@ -224,6 +224,5 @@ class ManualInvalidationAdmin(_ReadOnly):
         ]
 
     def invalidate_view(self, request: HttpRequest) -> HttpResponse:
-        from .admin_page import invalidate_view
 
         return invalidate_view(self, request)

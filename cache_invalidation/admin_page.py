@@ -30,6 +30,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import dashboard, keypatterns, manual
+from .conf import get_config
 
 PERMISSION = "cache_invalidation.invalidate_cache"
 SALT = "cache_invalidation.admin.confirm-pattern"
@@ -160,7 +161,7 @@ def report(
     model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.Plan, outcome: manual.Outcome
 ) -> None:
     """Tell the user what happened, one message per part, in their language."""
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     Status = ManualInvalidation.Status
     if not outcome.ok:
@@ -209,7 +210,7 @@ def report(
 
 def invalidate_view(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpResponse:
     """The page. ``admin_site.admin_view`` has checked staff status and CSRF on POST."""
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     if not request.user.has_perm(PERMISSION):
         raise PermissionDenied
@@ -273,7 +274,7 @@ def _preview(
     model_admin: admin.ModelAdmin, request: HttpRequest, plan: manual.Plan, apply_now: bool
 ) -> dict[str, Any]:
     """Count the pattern's matches, write the preview's audit row, say what confirming does."""
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     Status = ManualInvalidation.Status
     refusal = error = ""
@@ -328,7 +329,6 @@ def _render(
     form: ManualInvalidationForm,
     preview: dict[str, Any] | None,
 ) -> HttpResponse:
-    from .conf import get_config
 
     opts = model_admin.model._meta
     context = {

@@ -14,6 +14,7 @@ from django.db import DEFAULT_DB_ALIAS
 from .batching import emit
 from .events import InvalidationEvent, text_problem
 from .keypatterns import INTERNAL_PREFIX
+from .tagging import tagged_cache
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,7 +87,6 @@ def cached(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                from .tagging import tagged_cache
 
                 key, tag_list = key_and_tags(args, kwargs)
 
@@ -99,7 +99,6 @@ def cached(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from .tagging import tagged_cache
 
             key, tag_list = key_and_tags(args, kwargs)
             return tagged_cache.get_or_set(

@@ -33,11 +33,11 @@ class CacheInvalidationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.core.signals import setting_changed
-        from django.db import connections
-        from django.db.backends.signals import connection_created
+        from django.core.signals import setting_changed  # noqa: PLC0415 - imported before the app registry is ready
+        from django.db import connections  # noqa: PLC0415 - imported before the app registry is ready
+        from django.db.backends.signals import connection_created  # noqa: PLC0415 - imported before the app registry is ready
 
-        from . import capture, checks, registry, storm
+        from . import capture, checks, registry, storm  # noqa: PLC0415 - imported before the app registry is ready
 
         checks.register()
         built = registry.build(apps.get_models())
@@ -57,14 +57,14 @@ def _reinstall(setting: str, **kwargs: Any) -> None:
     enters or leaves), models hand out fresh copies of their managers and a new
     ``_base_manager``: give those the invalidating queryset class again."""
     if setting == "INSTALLED_APPS":
-        from . import registry
+        from . import registry  # noqa: PLC0415 - imported before the app registry is ready
 
         connect(registry.registry.policies)
 
 
 def connect(policies: dict[Any, Any]) -> None:
     """Connect the receivers for every model with a policy (idempotent)."""
-    from . import outbox, queryset, receivers
+    from . import outbox, queryset, receivers  # noqa: PLC0415 - imported before the app registry is ready
 
     through_models = set()
     for model in policies:

@@ -20,8 +20,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS, TRANSPORTS
+from . import health
+from .conf import DEFAULTS, TRANSPORTS, celery_broker_configured, get_config
+from .registry import registry
 
 
 def register() -> None:
@@ -34,8 +37,6 @@ def check_cache_eviction(app_configs: Any = None, **kwargs: Any) -> list[checks.
     """``W005``: the invalidation cache's Redis evicts keys when full, so a tag set can go while
     its entries stay. Reads ``INFO`` on a connection of its own (half a second at most); says
     nothing when the server cannot be asked (down, ``INFO`` denied, not django-redis)."""
-    from . import health
-    from .conf import get_config
 
     try:
         alias = str(get_config()["CACHE_ALIAS"])
@@ -68,7 +69,6 @@ def check_cache_eviction(app_configs: Any = None, **kwargs: Any) -> list[checks.
 
 
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    from .registry import registry
 
     wanted = None if app_configs is None else {c.label for c in app_configs}
     return [
@@ -209,7 +209,7 @@ def _broker() -> tuple[str, dict[str, Any]]:
     url = getattr(settings, "CELERY_BROKER_URL", None) or ""
     options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None)
     try:
-        from celery import current_app
+        from celery import current_app  # noqa: PLC0415 - optional dependency
 
         url = url or current_app.conf.broker_url or ""
         if options is None:
@@ -222,7 +222,6 @@ def _broker() -> tuple[str, dict[str, Any]]:
 def _check_visibility_timeout(config: dict[str, Any]) -> list[checks.CheckMessage]:
     """A retry countdown longer than the Redis broker's visibility timeout is redelivered to
     another worker while the first still holds it: the task runs twice, and again, in a loop."""
-    from .conf import celery_broker_configured
 
     if config["TRANSPORT"] not in (None, "celery") or not celery_broker_configured():
         return []
@@ -246,7 +245,6 @@ def _check_visibility_timeout(config: dict[str, Any]) -> list[checks.CheckMessag
 
 
 def _backend_class(path: str) -> type | None:
-    from django.utils.module_loading import import_string
 
     try:
         found = import_string(path)
@@ -264,7 +262,6 @@ def _check_cache_backend(
     alias: str, cache: dict[str, Any], config: dict[str, Any]
 ) -> list[checks.CheckMessage]:
     """Caches the app cannot work with, or that undo its guarantees."""
-    from .conf import celery_broker_configured
 
     out: list[checks.CheckMessage] = []
     path = str(cache.get("BACKEND", ""))
@@ -323,7 +320,6 @@ def _check_default_timeout(
     """Declared ``keys`` are usually written with plain ``cache.set()``, whose lifetime is the
     cache's ``TIMEOUT``, not ``MAX_TTL``: if one invalidation is lost, that is how long a stale
     entry survives."""
-    from .registry import registry
 
     max_ttl = config["MAX_TTL"]
     if isinstance(max_ttl, bool) or not isinstance(max_ttl, int) or max_ttl <= 0:

@@ -91,7 +91,7 @@ def celery_broker_configured() -> bool:
     if getattr(settings, "CELERY_BROKER_URL", None) or getattr(settings, "BROKER_URL", None):
         return True
     try:
-        from celery import current_app
+        from celery import current_app  # noqa: PLC0415 - optional dependency
     except ImportError:  # pragma: no cover - celery is a declared dependency
         return False
     return bool(current_app.conf.broker_url)

@@ -15,6 +15,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .health import status
+from .metrics import snapshot
+
 logger = logging.getLogger("cache_invalidation")
 
 #: Counters shown per model and window (``metrics.NAMES`` has more).
@@ -33,10 +36,6 @@ def _call(func: Callable[[], Any], what: str) -> tuple[Any, str]:
 
 
 def _status(scan_index: bool) -> tuple[Mapping[str, Any], str]:
-    try:
-        from .health import status
-    except ImportError as exc:
-        return {}, f"health.status() is not available: {exc}"
     found, problem = _call(lambda: status(include_index=scan_index), "health.status()")
     return (found if isinstance(found, Mapping) else {}), problem
 
@@ -45,10 +44,6 @@ def _snapshot(status: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     found = status.get("metrics")
     if isinstance(found, Mapping):
         return found, ""
-    try:
-        from .metrics import snapshot
-    except ImportError as exc:
-        return {}, f"metrics.snapshot() is not available: {exc}"
     found, problem = _call(snapshot, "metrics.snapshot()")
     return (found if isinstance(found, Mapping) else {}), problem
 
@@ -81,7 +76,7 @@ def _lag(raw: Any, window: str) -> dict[str, Any]:
 
 def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
     """Everything the dashboard shows, ready for the template. Never raises for a probe."""
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     status, status_problem = _status(scan_index)
     snapshot, metrics_problem = _snapshot(status)

@@ -15,12 +15,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.core import mail
 from django.db import transaction
 from django.utils import timezone
 
 from . import metrics, signals
+from .apply import apply_events
+from .backends import PartialInvalidation
+from .conf import get_config
 from .events import InvalidationEvent, InvalidEventError, decode_batch, json_problem, union
 from .logfields import log_extra
+from .retry import backoff
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -29,7 +34,6 @@ def left_by(exc: BaseException) -> tuple[BaseException, dict[str, Any]]:
     """The cause of a failed apply and, for a :class:`~.backends.PartialInvalidation`, what it
     left (``tags``, ``keys``, ``drains``: the arguments :func:`record` takes for the remainder).
     The one place a partial invalidation becomes a dead letter's contents."""
-    from .backends import PartialInvalidation
 
     if isinstance(exc, PartialInvalidation):
         return exc.__cause__ or exc, {"tags": exc.tags, "keys": exc.keys, "drains": exc.drains}
@@ -41,7 +45,7 @@ def record_apply_failure(
 ) -> Any:
     """Write the dead letter of a batch whose apply failed with ``exc`` (only what is left
     when it failed part way); returns the row, as :func:`record`."""
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     cause, left = left_by(exc)
     return record(events, DeadLetter.Reason.APPLY_FAILED, cause, attempts=attempts, **left)
@@ -63,7 +67,7 @@ def record(
     ``events`` are decoded events or, for a malformed message, the raw payload. ``tags`` and
     ``keys`` default to everything the events name; pass the remainder after a partial failure.
     """
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     decoded = (
         [e for e in events if isinstance(e, InvalidationEvent)]
@@ -127,17 +131,12 @@ def _text(error: BaseException | str) -> str:
 
 
 def _backoff(attempts: int) -> timedelta:
-    from .conf import get_config
-    from .retry import backoff
 
     # Never sooner than a second: the periodic replay must not spin on a failing row.
     return timedelta(seconds=backoff(attempts, get_config(), floor=1.0))
 
 
 def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str) -> None:
-    from django.core.mail import mail_admins
-
-    from .conf import get_config
 
     config = get_config()
     message = (
@@ -156,7 +155,7 @@ def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str
         # Not fail_silently=True: Django 6.1 deprecates it, and a mail that could not be sent
         # deserves a log line of its own rather than silence.
         try:
-            mail_admins(
+            mail.mail_admins(
                 f"Cache invalidation dead letter #{row.pk}: {row.get_reason_display()}",
                 message + "\n\nReplay it with: manage.py replay_dead_letters --id " + str(row.pk),
             )
@@ -189,7 +188,7 @@ def pending(
     due_only: bool = False,
 ) -> Any:
     """The pending dead letters matching the filters, oldest first."""
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     rows = DeadLetter.objects.filter(status=DeadLetter.Status.PENDING)
     if ids is not None:
@@ -207,9 +206,7 @@ def replay(
 ) -> ReplayResult:
     """Apply each dead letter now, in this process. A success marks it replayed; a failure
     keeps it pending with one more attempt, the error and the next automatic replay time."""
-    from .apply import apply_events
-    from .backends import PartialInvalidation
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     result = ReplayResult()
     for pk in ids:
@@ -258,7 +255,7 @@ def replay(
 
 def discard(ids: Iterable[int]) -> int:
     """Mark pending dead letters discarded (nothing is invalidated); returns how many."""
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     return DeadLetter.objects.filter(pk__in=list(ids), status=DeadLetter.Status.PENDING).update(
         status=DeadLetter.Status.DISCARDED, resolved_at=timezone.now()

@@ -13,19 +13,20 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any
 
+from django.core.cache import caches
+
+from .backends import backend_for
+from .conf import get_config
+
 PREFIX = "ci:done:"
 
 
 def _cache() -> Any:
-    from django.core.cache import caches
-
-    from .conf import get_config
 
     return caches[get_config()["CACHE_ALIAS"]]
 
 
 def window() -> int:
-    from .conf import get_config
 
     return int(get_config()["DEDUP_WINDOW"])
 
@@ -59,8 +60,6 @@ def lookup(ids: Iterable[str], counter: str) -> tuple[set[str], int]:
     """The ids already applied, and ``counter`` incremented (created for ``DEDUP_WINDOW``
     seconds): one round trip on Redis (see ``Backend.count_and_read``). If the cache cannot
     be reached: no id applied, and a count of 1 (the attempt fails anyway and is retried)."""
-    from .backends import backend_for
-    from .conf import get_config
 
     ids = list(ids)
     try:

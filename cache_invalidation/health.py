@@ -28,12 +28,24 @@ import platform
 import time
 from typing import Any
 
+import django
+import redis
+from django.core.cache import caches
+from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from . import __version__, metrics, outbox
+from .backends import backend_for
+
 # Re-exported: the eviction rules are documented under this module.
 from .backends.probes import EVICTING_POLICIES as EVICTING_POLICIES
 from .backends.probes import eviction_from_info as eviction_from_info
 from .backends.probes import unreadable
 from .backends.redis import RedisTagBackend
+from .conf import get_config
 from .logfields import log_extra
+from .tagging import TaggedCache
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -84,10 +96,6 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
     "eviction"}``; ``eviction`` is :func:`eviction`'s answer for django-redis (``INFO memory``
     and ``INFO stats``), ``None`` for other backends.
     """
-    from django.core.cache import caches
-
-    from .backends import backend_for
-    from .conf import get_config
 
     alias = str(get_config()["CACHE_ALIAS"])
     result: dict[str, Any] = {
@@ -112,7 +120,6 @@ def check_cache(timeout: float = TIMEOUT) -> dict[str, Any]:
 def redis_eviction(alias: str, timeout: float = 0.5) -> dict[str, Any] | None:
     """:func:`eviction_from_info` for the django-redis cache ``alias``; None for another
     backend. Never raises: an unreachable server is ``{"readable": False, "error": ...}``."""
-    from .backends import backend_for
 
     try:
         backend = backend_for(alias)
@@ -129,7 +136,6 @@ def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
     Returns ``{"ok", "used", "detail", "latency_ms", "url"}`` (the URL without password);
     with another transport ``{"ok": True, "used": False, "detail": "not used (...)"}``.
     """
-    from .conf import get_config
 
     transport = get_config()["TRANSPORT"]
     if transport != "celery":
@@ -140,7 +146,7 @@ def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
             "latency_ms": None,
             "detail": f"not used (TRANSPORT is {transport!r})",
         }
-    from celery import current_app
+    from celery import current_app  # noqa: PLC0415 - optional dependency
 
     started = time.monotonic()
     url = None
@@ -162,7 +168,6 @@ def check_broker(timeout: float = TIMEOUT) -> dict[str, Any]:
 def check_database(using: str | None = None) -> dict[str, Any]:
     """``SELECT 1`` on the database holding the dead letters (``using`` overrides).
     Returns ``{"ok", "detail", "latency_ms", "alias", "vendor"}``."""
-    from django.db import connections
 
     alias = using or _dead_letter_db()
     started = time.monotonic()
@@ -189,19 +194,16 @@ def check_database(using: str | None = None) -> dict[str, Any]:
 
 
 def _dead_letter_db() -> str:
-    from django.db import router
 
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     return str(router.db_for_read(DeadLetter))
 
 
 def dead_letters(using: str | None = None) -> dict[str, Any]:
     """Pending dead letters: ``{"pending", "oldest_age" (s or None), "by_reason", "error"}``."""
-    from django.db.models import Count, Min
-    from django.utils import timezone
 
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     try:
         rows = DeadLetter.objects.using(using or _dead_letter_db()).filter(
@@ -223,10 +225,6 @@ def dead_letters(using: str | None = None) -> dict[str, Any]:
 
 def outbox_backlog(using: str | None = None) -> dict[str, Any]:
     """The outbox: ``{"used", "rows", "oldest_age" (s or None), "error"}``."""
-    from django.db import DEFAULT_DB_ALIAS
-
-    from . import outbox
-    from .conf import get_config
 
     used = get_config()["TRANSPORT"] == "outbox"
     try:
@@ -240,7 +238,6 @@ def index(scan: bool = False) -> dict[str, Any]:
     set, so it is skipped unless asked for: ``{"scanned": False}``."""
     if not scan:
         return {"scanned": False}
-    from .tagging import TaggedCache
 
     started = time.monotonic()
     try:
@@ -251,13 +248,9 @@ def index(scan: bool = False) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    import django
-    import redis
-
-    from . import __version__
 
     try:
-        import django_redis
+        import django_redis  # noqa: PLC0415 - optional dependency
 
         django_redis_version: str | None = str(django_redis.__version__)
     except ImportError:  # pragma: no cover - a declared dependency
@@ -299,8 +292,6 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
     ``include_index`` scans the tag index (slow on a large index); ``using`` names the
     database of the dead letters and the outbox (default: where the router puts them).
     """
-    from . import metrics
-    from .conf import get_config
 
     config = get_config()
     cache = check_cache()
@@ -339,7 +330,6 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
 
 def problems(status: dict[str, Any]) -> list[str]:
     """Why ``status`` is unhealthy (empty when healthy), one sentence each."""
-    from .conf import get_config
 
     limits = status.get("limits") or {}
     config = get_config()

@@ -41,7 +41,12 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from .backends.base import KeyScanning
 
+from django.core.cache import caches
 from django.utils.translation import gettext_lazy as _
+
+from .backends import backend_for
+from .backends.base import KeyScanning
+from .conf import get_config
 
 MAX_PATTERN_LENGTH = 200
 MAX_MATCHES = 10_000
@@ -143,7 +148,6 @@ class KeyPattern:
     tail: str
 
     def _backend(self) -> KeyScanning:
-        from .backends import backend_for
 
         backend: Any = backend_for(self.alias)  # bind() checked it is the Redis backend
         return cast("KeyScanning", backend)
@@ -230,18 +234,12 @@ class KeyPattern:
 
 
 def _confirm_ttl() -> int:
-    from .conf import get_config
 
     return max(1, min(CONFIRM_MAX_AGE, int(get_config()["MAX_TTL"])))  # no key outlives MAX_TTL
 
 
 def bind(pattern: str, alias: str | None = None) -> KeyPattern:
     """Check ``pattern`` and bind it to the cache ``alias`` (default ``CACHE_ALIAS``)."""
-    from django.core.cache import caches
-
-    from .backends import backend_for
-    from .backends.base import KeyScanning
-    from .conf import get_config
 
     check_pattern(pattern)
     alias = alias or str(get_config()["CACHE_ALIAS"])

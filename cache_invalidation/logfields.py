@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .events import InvalidationEvent
+
 FIELDS = ("event_ids", "models", "stage", "dead_letter")
 
 
@@ -33,7 +35,6 @@ def log_extra(
     **more: Any,
 ) -> dict[str, Any]:
     """The ``extra`` dict for a log call about ``events`` (raw payloads are skipped)."""
-    from .events import InvalidationEvent
 
     decoded = [e for e in events if isinstance(e, InvalidationEvent)]
     return {

@@ -24,7 +24,17 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils.translation import gettext_lazy as _
 
+from . import deadletter, signals
+from .api import invalidate
+from .backends import PartialInvalidation
+from .conf import get_config
+from .events import InvalidationEvent
 from .keypatterns import INTERNAL_PREFIX, KeyPattern, PatternError, Preview, bind
+from .registry import registry
+from .related import related_invalidations
+from .resolve import resolve
+from .rowstates import watched
+from .tagging import tagged_cache
 
 # Messages: tests assert on them; formatted with %-style mappings (translatable).
 INTERNAL_KEY = _(
@@ -62,7 +72,6 @@ def lines(value: str | Iterable[str] | None) -> list[str]:
 # -- rows of declared models ------------------------------------------------------------------
 def declared_models() -> list[str]:
     """Labels (``"shop.Product"``) of the models with a policy, sorted."""
-    from .registry import registry
 
     return sorted(model._meta.label for model in registry.policies)
 
@@ -73,10 +82,6 @@ def resolve_row(label: str, pk: Any, using: str = DEFAULT_DB_ALIAS) -> tuple[lis
 
     Raises :class:`ManualError` for an unknown model, a malformed key or a missing row.
     """
-    from .registry import registry
-    from .related import related_invalidations
-    from .resolve import resolve
-    from .rowstates import watched
 
     policies = {model._meta.label: policy for model, policy in registry.policies.items()}
     policy = policies.get(label)
@@ -186,7 +191,7 @@ class Outcome:
 def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str = "") -> Outcome:
     """Carry out ``plan``: tags and keys first, then the pattern. Never raises for a cache or
     broker failure: the outcome says ``failed`` and what was done before it."""
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     Status = ManualInvalidation.Status
     done: list[str] = []
@@ -224,7 +229,6 @@ def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str =
 
 
 def _event(plan: Plan, metadata: dict[str, Any]) -> Any:
-    from .events import InvalidationEvent
 
     return InvalidationEvent(
         type="manual", tags=tuple(plan.tags), keys=tuple(plan.keys), metadata=metadata
@@ -232,9 +236,7 @@ def _event(plan: Plan, metadata: dict[str, Any]) -> Any:
 
 
 def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
-    from .backends import PartialInvalidation
-    from .models import ManualInvalidation
-    from .tagging import tagged_cache
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     Status = ManualInvalidation.Status
     event = _event(plan, metadata)
@@ -244,7 +246,6 @@ def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
     except PartialInvalidation as exc:
         # What is left: draining members of tags already invalid for stores, and the tags and
         # keys of the calls that did not run.
-        from . import deadletter
 
         row = deadletter.record_apply_failure([event], exc)
         error = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"
@@ -275,10 +276,7 @@ def _apply_now(plan: Plan, metadata: dict[str, Any]) -> Outcome:
 def _publish(plan: Plan, metadata: dict[str, Any]) -> Outcome:
     """Publish through the transport; a ``sync`` (or outbox-on-commit) delivery happens inside
     the call, and its signals tell whether it was applied or dead-lettered."""
-    from . import signals
-    from .api import invalidate
-    from .conf import get_config
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     Status = ManualInvalidation.Status
     transport = str(get_config()["TRANSPORT"])
@@ -381,7 +379,7 @@ def audit(
 ) -> Any:
     """Write the audit row of one submission. ``raw`` (tags, keys, model, pk, pattern as typed)
     is recorded when there is no plan (a refused submission)."""
-    from .models import ManualInvalidation
+    from .models import ManualInvalidation  # noqa: PLC0415 - models need the app registry
 
     # Refused input is recorded as typed, except that a NUL (which PostgreSQL text and jsonb
     # refuse) is written as the four characters \x00: the audit row of a refusal must not fail.

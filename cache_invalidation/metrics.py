@@ -38,8 +38,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .backends import backend_for
+from .bookkeeping import Bookkeeping
+from .conf import get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
+from .registry import registry
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -76,7 +80,6 @@ _declared: tuple[int, frozenset[str]] = (-1, frozenset())
 def declared_labels() -> frozenset[str]:
     """The labels of the declared models (recomputed when the registry grows)."""
     global _declared
-    from .registry import registry
 
     size = len(registry.policies)
     if _declared[0] != size:
@@ -173,9 +176,6 @@ def bucket_writes(fields: Counter[str], now: float) -> list[tuple[str, int, dict
 
 def _write(fields: Counter[str], now: float | None = None) -> None:
     """Add ``fields`` to the minute, hour and total buckets: one pipeline on django-redis."""
-    from .backends import backend_for
-    from .bookkeeping import Bookkeeping
-    from .conf import get_config
 
     if not fields:
         return
@@ -375,15 +375,12 @@ def _lag(hashes: Iterable[dict[str, int]]) -> tuple[list[int], int]:
 
 def _read_buckets(names: list[str]) -> list[dict[str, int]]:
     """The fields of each bucket, in order (empty when absent). Raises on cache errors."""
-    from .backends import backend_for
-    from .conf import get_config
 
     return backend_for(get_config()["CACHE_ALIAS"]).read_counters(names, _candidate_fields)
 
 
 def _candidate_fields() -> list[str]:
     """Every field a non-Redis store may hold: declared models, manual, unknown; the lag."""
-    from .registry import registry
 
     labels = {p.label for p in registry.policies.values()} | {MANUAL, UNKNOWN}
     fields = [f"{m}|{n}" for m in sorted(labels) for n in NAMES]

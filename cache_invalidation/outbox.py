@@ -19,17 +19,22 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db.models import Count, Min
 from django.utils import timezone
 
-from .events import InvalidationEvent, InvalidEventError
+from . import deadletter, recorder, signals
+from .apply import apply_events
+from .conf import get_config
+from .events import InvalidationEvent, InvalidEventError, decode_each
 from .logfields import log_extra
+from .retry import backoff
 
 logger = logging.getLogger("cache_invalidation")
 
 
 def write(event: InvalidationEvent, batch: uuid.UUID, using: str) -> None:
-    from .models import OutboxEvent
+    from .models import OutboxEvent  # noqa: PLC0415 - models need the app registry
 
     OutboxEvent.objects.using(using).create(batch=batch, event=event.to_dict())
 
@@ -49,9 +54,6 @@ def wrap_save_base(model: Any) -> None:
         return
 
     def save_base(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from django.db import connections, router
-
-        from .conf import get_config
 
         if get_config()["TRANSPORT"] == "outbox":
             using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
@@ -70,7 +72,6 @@ def committed(events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> 
 
     It counts as *published* when it leaves the outbox (the delivery's own script call counts
     it, with no round trip here); until then it is part of the outbox backlog."""
-    from . import recorder, signals
 
     recorder.published(events, "outbox")
     signals.send(signals.invalidation_published, events=events, transport="outbox")
@@ -79,7 +80,6 @@ def committed(events: list[InvalidationEvent], batch: uuid.UUID, using: str) -> 
 
 def deliver_after_commit(batch: uuid.UUID, using: str) -> None:
     """Called once the batch's transaction committed: deliver it now if configured to."""
-    from .conf import get_config
 
     if get_config()["OUTBOX_DELIVER_ON_COMMIT"]:
         relay(using=using, batch=batch)
@@ -106,11 +106,7 @@ def relay(
     limit: int = 500, using: str = DEFAULT_DB_ALIAS, batch: uuid.UUID | None = None
 ) -> RelayResult:
     """Deliver up to ``limit`` due outbox rows (only ``batch``'s when given), batch by batch."""
-    from . import deadletter
-    from .apply import apply_events
-    from .conf import get_config
-    from .events import decode_each
-    from .models import DeadLetter, OutboxEvent
+    from .models import DeadLetter, OutboxEvent  # noqa: PLC0415 - models need the app registry
 
     result = RelayResult()
     now = timezone.now()
@@ -148,7 +144,6 @@ def relay(
                     OutboxEvent.objects.using(using).filter(pk__in=ids).delete()
                     result.dead_lettered += 1
                     continue
-                from .retry import backoff
 
                 OutboxEvent.objects.using(using).filter(pk__in=ids).update(
                     attempts=attempts,
@@ -171,9 +166,8 @@ def relay(
 
 def backlog(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
     """How many rows wait, and the age in seconds of the oldest (None when empty)."""
-    from django.db.models import Count, Min
 
-    from .models import OutboxEvent
+    from .models import OutboxEvent  # noqa: PLC0415 - models need the app registry
 
     summary = OutboxEvent.objects.using(using).aggregate(rows=Count("pk"), oldest=Min("created_at"))
     oldest = summary["oldest"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .conf import get_config
 from .registry import Policy, registry
 from .resolve import resolve
 
@@ -24,7 +25,6 @@ def related_invalidations(
     depth: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """Tags and keys of the rows related to the given states of ``policy``'s model."""
-    from .conf import get_config
 
     if depth is None:
         depth = int(get_config()["MAX_RELATED_DEPTH"])

@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from django.apps import apps
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -41,6 +42,7 @@ from .coarse import coarse_tags_for, uncovered
 from .conf import CONFIG_SETTINGS, get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
+from .registry import registry
 from .tagnames import auto_labels, coarse_tag
 
 logger = logging.getLogger("cache_invalidation")
@@ -116,9 +118,6 @@ def _escalate(event: InvalidationEvent, reason: str) -> InvalidationEvent:
 
 
 def _coarse_for_event(event: InvalidationEvent) -> list[str]:
-    from django.apps import apps
-
-    from .registry import registry
 
     labels: dict[str, None] = {}
     if event.entity_type:

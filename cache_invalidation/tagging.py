@@ -9,7 +9,9 @@ what ``cache.set(key, ...)`` wrote.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -21,13 +23,13 @@ from asgiref.sync import sync_to_async
 from . import pending, recorder
 from .backends import MISSING, Backend, Lookup, backend_for
 from .bookkeeping import Bookkeeping
+from .capture import capturing, is_active, record
 from .coarse import coarse_tags_for
 from .conf import get_config
 
 
 def record_outer(tags: list[str]) -> None:
     """Tell an enclosing capture (if any) about an inner entry's explicit tags."""
-    from .capture import record
 
     record(tags)
 
@@ -47,7 +49,6 @@ def _capture_if(capture: bool) -> AbstractContextManager[set[str]]:
     """Collect what the block reads (see :mod:`.capture`), or nothing with ``capture=False``."""
     if not capture:
         return nullcontext(set())
-    from .capture import capturing
 
     return capturing()
 
@@ -149,7 +150,6 @@ class TaggedCache:
         propagates; nothing is stored.
         """
         tag_list = _tags(tags)
-        from .capture import is_active
 
         nested = is_active()
         want_tags = nested or recorder.current() is not None
@@ -309,11 +309,8 @@ class TaggedCache:
     ) -> Any:
         """Like :meth:`get_or_set`; ``default`` may be a coroutine function, and waiting for
         another caller's lease does not block the event loop."""
-        import asyncio
-        import inspect
 
         tag_list = _tags(tags)
-        from .capture import is_active, record
 
         nested = is_active()
         want_tags = nested or recorder.current() is not None

@@ -17,13 +17,14 @@ from celery.exceptions import Reject
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import deadletter, dedup
+from . import deadletter, dedup, outbox
 from .apply import apply_events, report_failure
 from .backends import PartialInvalidation
 from .conf import get_config
 from .events import InvalidEventError, decode_each, encode_batch
 from .logfields import log_extra
 from .retry import backoff
+from .tagging import TaggedCache
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -55,7 +56,7 @@ def apply_batch(self: Any, payload: Any, drains: list[str] | None = None) -> int
     (its workers kept dying) is dead-lettered instead of looping forever. A dead letter the
     database cannot take is not acknowledged away: the message is retried later.
     """
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     config = get_config()
     _clamp_retries(self.request, int(config["MAX_RETRIES"]))
@@ -194,7 +195,7 @@ def _retry_or_dead_letter(
     keys: Any = None,
     drains: Any = (),
 ) -> int:
-    from .models import DeadLetter
+    from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     will_retry = task.request.retries < int(config["MAX_RETRIES"])
     report_failure(events, exc, stage="apply", will_retry=will_retry)
@@ -243,7 +244,6 @@ def prune_tag_index() -> dict[str, int]:
 
     Stores already prune lazily; this catches tags that stopped receiving stores.
     """
-    from .tagging import TaggedCache
 
     result = TaggedCache().prune_index()
     logger.info(
@@ -272,7 +272,6 @@ def replay_dead_letters(limit: int = 100) -> dict[str, Any]:
 @shared_task(name="cache_invalidation.relay_outbox", ignore_result=True)
 def relay_outbox(limit: int = 500) -> dict[str, Any]:
     """Deliver due outbox rows (for Celery beat, with ``TRANSPORT = "outbox"``)."""
-    from . import outbox
 
     result = outbox.relay(limit=limit).as_dict()
     if result["batches"] or result["failed"]:

@@ -37,6 +37,9 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from . import health, metrics
+from .conf import get_config
+
 NOT_INSTALLED = (
     "prometheus_client is not installed: pip install 'django-cache-invalidation[prometheus]' "
     "(or prometheus_client>=0.17) to serve metrics here.\n"
@@ -49,7 +52,6 @@ FORBIDDEN = (
 
 def allowed(request: HttpRequest) -> bool:
     """Whether ``request`` may read the metrics (staff user or the bearer token)."""
-    from .conf import get_config
 
     user = getattr(request, "user", None)
     if user is not None and user.is_active and user.is_staff:
@@ -68,7 +70,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not allowed(request):
         return HttpResponse(FORBIDDEN, status=403, content_type="text/plain; charset=utf-8")
     try:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest  # noqa: PLC0415 - optional dependency
     except ImportError:
         return HttpResponse(NOT_INSTALLED, status=501, content_type="text/plain; charset=utf-8")
     registry = CollectorRegistry(auto_describe=False)
@@ -80,13 +82,11 @@ class _Collector:
     """Reads the shared store and the status once per scrape."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import (
+        from prometheus_client.core import (  # noqa: PLC0415 - optional dependency
             CounterMetricFamily,
             GaugeMetricFamily,
             HistogramMetricFamily,
         )
-
-        from . import health, metrics
 
         status = health.status()
         totals: dict[str, Any] = {"per_model": {}, "lag": None}

@@ -23,6 +23,8 @@ import django  # noqa: E402 - after sys.path and the settings module are set
 
 django.setup()
 
+from sphinx.util import logging  # noqa: E402
+
 import cache_invalidation  # noqa: E402
 
 project = "django-cache-invalidation"
@@ -49,8 +51,6 @@ def _check_public_api(app: Any, env: Any) -> None:
     documented = set(env.get_domain("py").objects)
     for name in cache_invalidation.__all__:
         if f"cache_invalidation.{name}" not in documented:
-            from sphinx.util import logging
-
             logging.getLogger(__name__).warning(
                 "cache_invalidation.%s is in __all__ but not documented in docs/api.rst", name
             )

@@ -71,7 +71,7 @@ def _build(alias: str) -> Backend:
 def is_django_redis(cache: Any) -> bool:
     """Whether ``cache`` is a django-redis cache whose client hands out a raw Redis client."""
     try:
-        from django_redis.cache import RedisCache  # optional dependency
+        from django_redis.cache import RedisCache  # noqa: PLC0415 - optional dependency
     except ImportError:  # pragma: no cover
         return False
     return isinstance(cache, RedisCache) and hasattr(cache.client, "get_client")

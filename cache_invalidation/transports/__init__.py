@@ -17,10 +17,12 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from .. import metrics, recorder
 from ..conf import CONFIG_SETTINGS, get_config
 from ..events import InvalidationEvent, coalesce, split_oversized
 
@@ -70,7 +72,6 @@ class BaseTransport:
 def published(events: list[InvalidationEvent], transport: str) -> None:
     """Count a batch that left this process and show it to a recording request (the debug
     toolbar panel). Never raises."""
-    from .. import metrics, recorder
 
     metrics.record_published(events, transport)
     recorder.published(events, transport)
@@ -103,8 +104,6 @@ def _build(name: str) -> Transport:
     try:
         path = TRANSPORTS[name]
     except KeyError:
-        from django.core.exceptions import ImproperlyConfigured
-
         raise ImproperlyConfigured(
             f"CACHE_INVALIDATION['TRANSPORT'] is {name!r}; choose one of "
             + ", ".join(repr(t) for t in TRANSPORTS)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import signals
+from .. import deadletter, signals
 from ..apply import report_failure
+from ..conf import get_config
 from ..events import InvalidationEvent, encode_batch
+from ..tasks import apply_batch
 from . import BaseTransport, published
 
 
@@ -19,8 +21,6 @@ class CeleryTransport(BaseTransport):
     name = "celery"
 
     def publish(self, events: list[InvalidationEvent]) -> None:
-        from ..conf import get_config
-        from ..tasks import apply_batch
 
         options: dict[str, Any] = {"serializer": "json"}
         queue = get_config()["CELERY_QUEUE"]
@@ -29,8 +29,7 @@ class CeleryTransport(BaseTransport):
         try:
             apply_batch.apply_async(args=(encode_batch(events),), **options)
         except Exception as exc:
-            from .. import deadletter
-            from ..models import DeadLetter
+            from ..models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
             report_failure(events, exc, stage="publish", will_retry=False)
             deadletter.record(events, DeadLetter.Reason.PUBLISH_FAILED, exc)

@@ -7,8 +7,9 @@ queue for replay; the request still succeeds.
 
 from __future__ import annotations
 
-from .. import metrics, recorder, signals
+from .. import deadletter, metrics, recorder, signals
 from ..apply import apply_events, report_failure
+from ..backends import PartialInvalidation
 from ..events import InvalidationEvent
 from . import BaseTransport
 
@@ -31,9 +32,6 @@ class SyncTransport(BaseTransport):
             # same script call that applies them.
             apply_events(events, done=set(), published=True)
         except Exception as exc:
-            from .. import deadletter
-            from ..backends import PartialInvalidation
-
             if not isinstance(exc, PartialInvalidation):  # else the script counted them
                 metrics.record_published(events, self.name)
             report_failure(events, exc, stage="apply", will_retry=False)
