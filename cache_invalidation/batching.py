@@ -37,6 +37,7 @@ class Batch:
         self.entries: list[tuple[InvalidationEvent, Callable[[], None] | None]] = []
         self.seqs: list[int] = []  # when each entry was emitted (see reads_uncommitted)
         self.committed: list[int] = []
+        self.marked: set[str] = set()  # tables marked for consume_changes (see .changes.mark)
 
     def confirm(self, index: int) -> None:
         self.committed.append(index)
@@ -141,6 +142,10 @@ def emit(
         batch = Batch(using, outbox=use_outbox)
         setattr(connection, _ATTR, batch)
     assert batch is not None
+    if get_config()["CHANGES_MARK_TRANSACTIONS"]:
+        from .changes import mark
+
+        mark(connection, event, batch.marked)
     if use_outbox:
         from . import outbox
 
