@@ -15,4 +15,5 @@ if os.environ.get("PROCESS_KEY_PREFIX"):
 CACHE_INVALIDATION = {
     "TRANSPORT": "sync",
     "CHANGES_MARK_TRANSACTIONS": os.environ.get("CDC_MARK") == "1",
+    "CHANGES_BATCH": int(os.environ.get("CI_TEST_CHANGES_BATCH", "10000")),
 }
