@@ -68,7 +68,7 @@ def table_maps() -> dict[str, TableMap]:
     found: dict[str, TableMap] = {}
     for model, policy in registry.policies.items():
         meta = model._meta
-        if meta.proxy or not meta.managed and not meta.auto_created:
+        if meta.proxy or (not meta.managed and not meta.auto_created):
             continue
         table = meta.db_table
         if table in found and not found[table].policy.implicit:
@@ -100,9 +100,7 @@ def mark(connection: Any, event: InvalidationEvent, marked: set[str]) -> None:
     if not fresh:
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_logical_emit_message(true, %s, %s)", [MARKER, json.dumps(fresh)]
-        )
+        cursor.execute("SELECT pg_logical_emit_message(true, %s, %s)", [MARKER, json.dumps(fresh)])
     marked.update(fresh)
 
 
@@ -171,7 +169,9 @@ def events_for(
     return [_event(group, transaction) for group in groups.values() if group.rows]
 
 
-def _add(group: _Group, table: TableMap, change: pgoutput.Change, using: str, connection: Any) -> None:
+def _add(
+    group: _Group, table: TableMap, change: pgoutput.Change, using: str, connection: Any
+) -> None:
     policy = table.policy
     group.rows += 1
     if change.kind == "truncate":
@@ -278,7 +278,9 @@ def _timestamp(moment: datetime | None) -> float:
     return moment.timestamp() if moment is not None else time.time()
 
 
-def transactions(decoder: pgoutput.Decoder, messages: list[bytes]) -> Iterator[pgoutput.Transaction]:
+def transactions(
+    decoder: pgoutput.Decoder, messages: list[bytes]
+) -> Iterator[pgoutput.Transaction]:
     for message in messages:
         transaction = decoder.feed(message)
         if transaction is not None:

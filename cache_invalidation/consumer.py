@@ -112,7 +112,7 @@ def heartbeat(result: RoundResult) -> None:
             {"at": time.time(), **result.as_dict()},
             timeout=int(config["MAX_TTL"]),
         )
-    except Exception:  # noqa: BLE001 - the status reports a missing heartbeat
+    except Exception:  # the status reports a missing or old heartbeat
         logger.warning("cache_invalidation: could not write the consumer heartbeat", exc_info=True)
 
 

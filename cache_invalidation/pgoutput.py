@@ -197,4 +197,6 @@ class Decoder:
         try:
             return self.relations[oid]
         except KeyError:
-            raise ProtocolError(f"a change names relation {oid} before its Relation message")
+            raise ProtocolError(
+                f"a change names relation {oid} before its Relation message"
+            ) from None

@@ -112,9 +112,7 @@ def flush_lsn(connection: Any) -> int:
         return parse_lsn(cursor.fetchone()[0])
 
 
-def peek(
-    connection: Any, slot: str, publication: str, upto_lsn: int, limit: int
-) -> list[bytes]:
+def peek(connection: Any, slot: str, publication: str, upto_lsn: int, limit: int) -> list[bytes]:
     """The pgoutput messages of the transactions that committed before ``upto_lsn``, from the
     slot's confirmed position on, stopping after the transaction that reaches ``limit``
     messages (decoding stops at transaction boundaries only). The slot does not move."""
@@ -130,9 +128,7 @@ def peek(
 def advance(connection: Any, slot: str, lsn: int) -> None:
     """Confirm everything before ``lsn``: those transactions are never decoded again."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [slot, lsn_text(lsn)]
-        )
+        cursor.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [slot, lsn_text(lsn)])
 
 
 def drop_slot(connection: Any, slot: str) -> None:

@@ -11,6 +11,7 @@ the PostgreSQL 15 server binaries are missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,10 +130,8 @@ def cluster() -> Iterator[Cluster]:
             assert done.returncode == 0, done.stderr
         yield server
     finally:
-        try:
+        with contextlib.suppress(BaseException):  # it may not have started
             server.stop("immediate")
-        except BaseException:  # noqa: BLE001 - it may not have started
-            pass
         shutil.rmtree(server.dir, ignore_errors=True)
 
 

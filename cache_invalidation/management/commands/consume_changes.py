@@ -158,7 +158,9 @@ class Command(BaseCommand):
                 ) from exc
             except DatabaseError as exc:
                 if options["once"]:
-                    raise CommandError(self.DATABASE_FAILED.format(error=exc), returncode=1) from exc
+                    raise CommandError(
+                        self.DATABASE_FAILED.format(error=exc), returncode=1
+                    ) from exc
                 # The server restarted or the connection broke: the slot did not move, so the
                 # next round starts where this one did.
                 self.stderr.write(self.RETRYING.format(error=exc, interval=options["interval"]))
