@@ -9,6 +9,7 @@ not below the Redis broker's visibility timeout, ``E014`` the cache uses django-
 ``ShardClient``, ``W001`` the cache swallows errors (``IGNORE_EXCEPTIONS``), ``W002`` a
 per-process cache with a transport that applies in another process, ``W003`` a ``DummyCache``,
 ``W004`` plain ``cache.set()`` entries (declared keys) outlive ``MAX_TTL``.
+Change data capture: see :mod:`.changechecks` (``W010`` to ``W012``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from .conf import DEFAULTS, TRANSPORTS
 def register() -> None:
     checks.register(check_declarations, "cache_invalidation")
     checks.register(check_settings, "cache_invalidation")
+    from . import changechecks
+
+    changechecks.register()
 
 
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -28,7 +28,7 @@ from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
 
-HEARTBEAT_KEY = "ci:changes:heartbeat"
+HEARTBEAT_KEY = "ci:changes:heartbeat:{slot}"
 
 
 @dataclass
@@ -39,6 +39,9 @@ class RoundResult:
     messages: int = 0
     confirmed_lsn: str | None = None
     last_commit_at: float | None = None
+    #: Seconds from the commit of the oldest transaction this round published to the end of
+    #: the round (0 when it published none): how far behind the consumer was.
+    lag_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +72,7 @@ def consume_round(
     result.messages = len(messages)
     maps = changes.table_maps()
     last_end = 0
+    oldest: float | None = None
     for transaction in changes.transactions(decoder, messages):
         result.transactions += 1
         events = changes.events_for(transaction, maps, using, connection)
@@ -80,6 +84,7 @@ def consume_round(
         last_end = transaction.end_lsn
         if transaction.committed_at is not None:
             result.last_commit_at = transaction.committed_at.timestamp()
+            oldest = result.last_commit_at if oldest is None else oldest
     target = last_end if len(messages) >= limit else max(last_end, upto)
     if target:
         info = replication.slot_info(connection, slot) or {}
@@ -95,11 +100,13 @@ def consume_round(
             slot,
             extra=log_extra(stage="changes"),
         )
-    heartbeat(result)
+    if oldest is not None:
+        result.lag_seconds = round(max(0.0, time.time() - oldest), 3)
+    heartbeat(slot, result)
     return result
 
 
-def heartbeat(result: RoundResult) -> None:
+def heartbeat(slot: str, result: RoundResult) -> None:
     """Record that a round finished (never raises: a cache outage is reported elsewhere)."""
     from django.core.cache import caches
 
@@ -108,7 +115,7 @@ def heartbeat(result: RoundResult) -> None:
     config = get_config()
     try:
         caches[config["CACHE_ALIAS"]].set(
-            HEARTBEAT_KEY,
+            HEARTBEAT_KEY.format(slot=slot),
             {"at": time.time(), **result.as_dict()},
             timeout=int(config["MAX_TTL"]),
         )
@@ -116,10 +123,12 @@ def heartbeat(result: RoundResult) -> None:
         logger.warning("cache_invalidation: could not write the consumer heartbeat", exc_info=True)
 
 
-def last_heartbeat() -> dict[str, Any] | None:
+def last_heartbeat(slot: str) -> dict[str, Any] | None:
+    """What the last round on ``slot`` recorded (``{"at": seconds since the epoch, ...}``),
+    or None if no round finished within ``MAX_TTL``."""
     from django.core.cache import caches
 
     from .conf import get_config
 
-    value = caches[get_config()["CACHE_ALIAS"]].get(HEARTBEAT_KEY)
+    value = caches[get_config()["CACHE_ALIAS"]].get(HEARTBEAT_KEY.format(slot=slot))
     return value if isinstance(value, dict) else None

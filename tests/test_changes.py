@@ -394,3 +394,67 @@ def test_killed_after_publishing_before_confirming_republishes_on_restart(pg):
     assert consume_once()["transactions"] == 2
     assert tagged_cache.get("product-page") is None
     assert tagged_cache.get("category-4") is None
+
+
+def test_status_shows_slot_lag_and_heartbeat(pg):
+    consume_once()
+    done = manage("cache_invalidation_status", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(done.stdout)["changes"]
+    assert found["used"] is True and found["slot_exists"] is True
+    assert found["wal_level"] == "logical" and found["error"] is None
+    assert isinstance(found["lag_bytes"], int) and found["lag_bytes"] >= 0
+    assert 0 <= found["heartbeat_age"] < 60 and found["lag_seconds"] >= found["heartbeat_age"]
+    text = manage("cache_invalidation_status")
+    assert "Change data capture: slot 'cache_invalidation' on 'default'" in text.stdout
+    # A slot further behind than allowed makes the status unhealthy, saying why.
+    pg.sql("INSERT INTO shop_category (id, name, slug) VALUES (9, 'Rugs', 'rugs')")
+    done = manage("cache_invalidation_status", CI_TEST_MAX_SLOT_LAG="0")
+    assert done.returncode == 1
+    assert "the replication slot 'cache_invalidation' is " in done.stderr
+    assert "byte(s) behind (STATUS_MAX_SLOT_LAG is 0); is manage.py consume_changes running?" in (
+        done.stderr
+    )
+    done = manage("cache_invalidation_status", CI_TEST_MAX_CHANGES_AGE="0")
+    assert done.returncode == 1
+    assert "manage.py consume_changes finished no round for " in done.stderr
+
+
+def test_checks_warn_about_unbounded_wal_and_missing_replica_identity(pg):
+    done = manage("check", "--database", "default")
+    assert done.returncode == 0, done.stderr
+    assert "cache_invalidation.W012" in done.stderr
+    assert "W010" not in done.stderr and "W011" not in done.stderr
+    pg.sql("ALTER TABLE shop_tag REPLICA IDENTITY DEFAULT")
+    try:
+        done = manage("check", "--database", "default")
+        assert "(cache_invalidation.W011) Declared tables without REPLICA IDENTITY FULL: " \
+            "shop_tag;" in done.stderr
+    finally:
+        pg.sql("ALTER TABLE shop_tag REPLICA IDENTITY FULL")
+
+
+def test_check_warns_when_wal_level_is_not_logical(cluster):
+    """The shared server runs wal_level = replica: the check says so (read-only)."""
+    from urllib.parse import urlsplit
+
+    given = urlsplit(os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x"))
+    shared = given._replace(path="/postgres").geturl()  # only read from: its settings
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check", "--database", "default"], cwd=ROOT,
+        env={**child_env(), "CDC_DATABASE_URL": shared}, capture_output=True, text=True,
+        timeout=120,
+    )
+    if "could not connect" in done.stderr or "Connection refused" in done.stderr:
+        pytest.skip(f"the shared PostgreSQL at {shared} is not answering")
+    assert "(cache_invalidation.W010) wal_level is 'replica' on database 'default'" in (
+        done.stderr
+    ), done.stderr
+    refused = subprocess.run(
+        [sys.executable, "manage.py", "consume_changes", "--once"], cwd=ROOT,
+        env={**child_env(), "CDC_DATABASE_URL": shared}, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "wal_level is 'replica' on database 'default'; logical decoding needs wal_level = " \
+        "logical" in refused.stderr
