@@ -27,14 +27,11 @@ coarse tags (plain ``keys`` cannot be enumerated and stay until their TTL).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -43,9 +40,6 @@ from django.db import models
 from . import pgoutput
 from .events import InvalidationEvent
 from .registry import Policy, registry
-from .related import related_invalidations
-from .resolve import auto_labels, changed_fields, collection_tag, resolve
-from .storm import coarse_tag
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -137,145 +131,6 @@ def state(table: TableMap, row: dict[str, object] | None, connection: Any) -> di
         if f is not None and text is not pgoutput.UNCHANGED:
             result[f.attname] = convert(f, text, connection)
     return result
-
-
-@dataclass
-class _Group:
-    """The changes of one model and kind in one transaction: one event."""
-
-    policy: Policy
-    kind: str
-    rows: int = 0
-    pk: Any = None
-    tags: dict[str, None] = field(default_factory=dict)
-    keys: dict[str, None] = field(default_factory=dict)
-    changed: dict[str, None] = field(default_factory=dict)
-
-
-def events_for(
-    transaction: pgoutput.Transaction, maps: dict[str, TableMap], using: str, connection: Any
-) -> list[InvalidationEvent]:
-    """The events of one decoded transaction (empty when nothing declared changed)."""
-    skip = skipped_tables(transaction)
-    groups: dict[tuple[type[models.Model], str], _Group] = {}
-    for change in transaction.changes:
-        table = maps.get(change.relation.name)
-        if table is None or change.relation.name in skip:
-            continue
-        group = groups.get((table.model, change.kind))
-        if group is None:
-            group = groups[(table.model, change.kind)] = _Group(table.policy, change.kind)
-        _add(group, table, change, using, connection)
-    return [_event(group, transaction) for group in groups.values() if group.rows]
-
-
-def _add(
-    group: _Group, table: TableMap, change: pgoutput.Change, using: str, connection: Any
-) -> None:
-    policy = table.policy
-    group.rows += 1
-    if change.kind == "truncate":
-        group.tags.update(dict.fromkeys(truncate_tags(policy)))
-        return
-    old = state(table, change.old, connection) if change.old is not None else None
-    new = state(table, change.new, connection) if change.new is not None else None
-    if change.kind == "update" and old is not None:
-        # Unchanged TOASTed columns and columns outside a non-FULL identity: the old value
-        # holds where the new one is known, and vice versa.
-        old = {**new, **old} if new is not None else old
-        new = {**old, **(new or {})}
-    elif change.kind == "update":
-        old = None  # not sent (the key did not change): old state unknown
-    wanted = set(policy.tracked)
-    complete = all(wanted <= set(s) for s in (old, new) if s is not None)
-    if change.kind == "update" and (old is None or not change.old_is_full):
-        complete = False
-    used = policy if complete else _cut(policy, old, new)
-    changed = None
-    if old is not None and new is not None and complete:
-        changed = changed_fields(policy, old, new)
-        group.changed.update(dict.fromkeys(changed))
-    tags, keys = resolve(used, old, new, changed)
-    group.tags.update(dict.fromkeys(tags))
-    group.keys.update(dict.fromkeys(keys))
-    if not complete:
-        group.tags.update(dict.fromkeys(coarse_tag(label) for label in auto_labels(table.model)))
-    if policy.related:
-        rel_tags, rel_keys = related_invalidations(policy, (old, new), using)
-        group.tags.update(dict.fromkeys(rel_tags))
-        group.keys.update(dict.fromkeys(rel_keys))
-    pk = (new or old or {}).get(table.model._meta.pk.attname)
-    group.pk = pk if group.rows == 1 else None
-
-
-def _cut(policy: Policy, *states: dict[str, Any] | None) -> Policy:
-    """``policy`` without the templates some state cannot render."""
-    known = [s for s in states if s is not None]
-    pk_attname = policy.model._meta.pk.attname
-
-    def renderable(template: Any) -> bool:
-        names = {pk_attname if n == "pk" else n for n in template.fields}
-        return all(names <= set(s) for s in known)
-
-    def keep(templates: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(t for t in templates if renderable(t))
-
-    return dataclasses.replace(
-        policy,
-        tags=keep(policy.tags),
-        keys=keep(policy.keys),
-        on_fields=tuple((name, keep(ts)) for name, ts in policy.on_fields),
-    )
-
-
-def truncate_tags(policy: Policy) -> list[str]:
-    """What a TRUNCATE of ``policy``'s table reaches: collection and coarse tags of the model,
-    its parents, and (following ``related``) the models its rows cascade to."""
-    from .registry import registry as current
-
-    labels: dict[str, None] = {}
-    pending: list[type[models.Model]] = [policy.model]
-    while pending:
-        model = pending.pop()
-        own = auto_labels(model)
-        if own[0] in labels:
-            continue
-        labels.update(dict.fromkeys(own))
-        found = current.get(model)
-        if found is not None:
-            pending.extend(r.target for r in found.related)
-    return [t for label in labels for t in (collection_tag(label), coarse_tag(label))]
-
-
-def _event(group: _Group, transaction: pgoutput.Transaction) -> InvalidationEvent:
-    kind = {"insert": "created", "update": "updated", "delete": "deleted"}.get(
-        group.kind, group.kind + "d"
-    )
-    metadata: dict[str, Any] = {
-        "source": "changes",
-        "xid": transaction.xid,
-        "lsn": pgoutput.lsn_text(transaction.commit_lsn),
-    }
-    entity_id = "" if group.pk is None else str(group.pk)
-    if group.rows > 1 or group.kind == "truncate":
-        metadata["rows"] = group.rows
-        kind = kind if group.kind == "truncate" else f"bulk_{kind}"
-    label = group.policy.label
-    return InvalidationEvent(
-        type=f"{label}.{kind}",
-        entity_type=label,
-        entity_id=entity_id,
-        tags=tuple(group.tags),
-        keys=tuple(group.keys),
-        changed_fields=tuple(group.changed),
-        metadata=metadata,
-        timestamp=_timestamp(transaction.committed_at),
-    )
-
-
-def _timestamp(moment: datetime | None) -> float:
-    """The commit time: the lag metrics then measure commit -> applied."""
-    return moment.timestamp() if moment is not None else time.time()
 
 
 def transactions(

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import changes, pgoutput, replication
+from . import changeevents, changes, pgoutput, replication
 from .logfields import log_extra
 
 logger = logging.getLogger("cache_invalidation")
@@ -75,7 +75,7 @@ def consume_round(
     oldest: float | None = None
     for transaction in changes.transactions(decoder, messages):
         result.transactions += 1
-        events = changes.events_for(transaction, maps, using, connection)
+        events = changeevents.events_for(transaction, maps, using, connection)
         if events:
             publish_now(events)
             result.events += len(events)

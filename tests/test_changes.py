@@ -458,3 +458,57 @@ def test_check_warns_when_wal_level_is_not_logical(cluster):
     assert refused.returncode == 1
     assert "wal_level is 'replica' on database 'default'; logical decoding needs wal_level = " \
         "logical" in refused.stderr
+
+
+def test_through_rows_and_multi_table_children_reach_what_the_orm_path_reaches(pg):
+    """For an m2m add, a multi-table child's save and a delete, the consumer's tags (decoding
+    the ORM's own transaction, markers off) include every tag the ORM path published."""
+    script = textwrap.dedent("""
+        import json, django
+        django.setup()
+        from django.db import connection
+        from cache_invalidation import signals, consumer, replication
+        from testproject.shop.models import Category, Product, Tag
+        from tests.testapp.models import Ebook
+        seen = []
+        signals.invalidation_published.connect(lambda events, **kw: seen.extend(events),
+                                               weak=False)
+        slot = "cache_invalidation"
+        c = Category.objects.create(name="Lamps", slug="lamps-m2m")
+        p = Product.objects.create(name="Arc", price=1, category=c)
+        t = Tag.objects.create(name="brass")
+        e = Ebook.objects.create(title="Dune", shelf=2, url="u")
+        replication.advance(connection, slot, replication.flush_lsn(connection))
+
+        def both(write):
+            seen.clear()
+            write()
+            orm = {t for event in seen for t in event.tags}
+            seen.clear()
+            consumer.consume_round(connection, "default", slot, slot, 10000)
+            return sorted(orm), sorted({t for event in seen for t in event.tags})
+
+        def save_ebook():
+            e.url = "v"
+            e.save()
+
+        found = {
+            "m2m add": both(lambda: p.tags.add(t)),
+            "m2m clear": both(lambda: p.tags.clear()),
+            "child save": both(save_ebook),
+            "delete": both(lambda: p.delete()),
+        }
+        Ebook.objects.all().delete()
+        Tag.objects.all().delete()
+        print(json.dumps(found))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for case, (orm, cdc) in found.items():
+        assert orm, case
+        assert set(orm) <= set(cdc), (case, set(orm) - set(cdc))
+    # Precise, not coarse: the child's parent columns came from the same transaction.
+    assert "shelf:2" in found["child save"][1]
+    assert not any(t.endswith(":#") for t in found["child save"][1])
