@@ -48,7 +48,12 @@ class RoundResult:
 
 
 class SlotMissing(RuntimeError):
-    """The slot does not exist (never set up, dropped, or lost in a failover)."""
+    """The slot does not exist (never set up, dropped, or lost in a failover), or ``lost``:
+    it exists but PostgreSQL removed WAL it needed (``max_slot_wal_keep_size``)."""
+
+    def __init__(self, slot: str, lost: bool = False) -> None:
+        super().__init__(slot)
+        self.lost = lost
 
 
 def consume_round(
@@ -62,8 +67,11 @@ def consume_round(
     """One peek -> publish -> advance round (see the module docstring)."""
     from .batching import publish_now
 
-    if replication.slot_info(connection, slot) is None:
+    info = replication.slot_info(connection, slot)
+    if info is None:
         raise SlotMissing(slot)
+    if info["wal_status"] == "lost":
+        raise SlotMissing(slot, lost=True)
     decoder = decoder or pgoutput.Decoder()
     decoder.current = None  # a peek always starts at a transaction boundary
     result = RoundResult()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -512,3 +513,50 @@ def test_through_rows_and_multi_table_children_reach_what_the_orm_path_reaches(p
     # Precise, not coarse: the child's parent columns came from the same transaction.
     assert "shelf:2" in found["child save"][1]
     assert not any(t.endswith(":#") for t in found["child save"][1])
+
+
+def test_slot_dropped_then_recreated_and_everything_invalidated(pg):
+    """Changes made while the slot was gone are never decoded: --invalidate-all reaches the
+    entries they made stale anyway."""
+    seed(pg)
+    pg.sql("SELECT pg_drop_replication_slot(%s)", [SLOT])
+    pg.sql("UPDATE shop_product SET name = 'unseen' WHERE id = 5")  # while no slot exists
+    done = manage("consume_changes", "--once")
+    assert done.returncode == 1 and "--invalidate-all" in done.stderr
+    assert manage("consume_changes", "--setup").returncode == 0
+    tagged_cache.set("product-page", "cached", tags=["product:5"])
+    tagged_cache.set("listing", "cached", tags=["shop.Product:*"])
+    assert consume_once()["transactions"] == 0  # the change is not in the new slot
+    dry = manage("consume_changes", "--invalidate-all", "--dry-run")
+    assert dry.stdout.startswith("Would invalidate the collection and coarse tags of ")
+    assert tagged_cache.get("product-page") == "cached"
+    done = manage("consume_changes", "--invalidate-all")
+    assert done.returncode == 0, done.stderr
+    assert tagged_cache.get("product-page") is None  # through the coarse tag shop.Product:#
+    assert tagged_cache.get("listing") is None
+
+
+def test_loop_survives_a_postgresql_restart(pg, tmp_path):
+    seed(pg)
+    log = tmp_path / "consumer.log"
+    with log.open("ab") as out:
+        looping = subprocess.Popen(
+            [sys.executable, "manage.py", "consume_changes", "--interval", "0.05"],
+            cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=out,
+        )
+    try:
+        tagged_cache.set("product-page", "cached", tags=["product:5"])
+        pg.sql("UPDATE shop_product SET name = 'before' WHERE id = 5")
+        assert wait_for(lambda: tagged_cache.get("product-page") is None, timeout=30)
+        pg.stop("fast")
+        time.sleep(0.5)
+        pg.start()
+        tagged_cache.set("product-page", "cached", tags=["product:5"])
+        pg.sql("UPDATE shop_product SET name = 'after' WHERE id = 5")
+        assert wait_for(lambda: tagged_cache.get("product-page") is None, timeout=30), (
+            log.read_text())
+        assert looping.poll() is None, log.read_text()
+    finally:
+        looping.terminate()
+        looping.wait(timeout=30)
+    assert "Round failed, the slot did not move; retrying" in log.read_text()

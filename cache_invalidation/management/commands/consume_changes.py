@@ -42,11 +42,22 @@ class Command(BaseCommand):
     SLOT_MISSING = (
         "The replication slot {slot!r} does not exist on database {alias!r}. Run manage.py "
         "consume_changes --setup; if it existed before (dropped, or lost in a failover), "
-        "changes made meanwhile were not seen: flush the invalidation cache "
-        "(see docs/operations.rst, 'Change data capture')."
+        "changes made meanwhile were never decoded: then run manage.py consume_changes "
+        "--invalidate-all (see docs/operations.rst, 'Change data capture')."
+    )
+    SLOT_LOST = (
+        "The replication slot {slot!r} on database {alias!r} has lost WAL it needs "
+        "(max_slot_wal_keep_size was exceeded): drop it, run manage.py consume_changes "
+        "--setup, then --invalidate-all (see docs/operations.rst, 'Change data capture')."
     )
     DATABASE_FAILED = "The database refused a round (the slot did not move): {error}"
     RETRYING = "Round failed, the slot did not move; retrying in {interval:g} s: {error}"
+    WOULD_INVALIDATE_ALL = (
+        "Would invalidate the collection and coarse tags of {models} model(s) ({tags} tag(s))."
+    )
+    INVALIDATED_ALL = (
+        "Published the collection and coarse tags of {models} model(s) ({tags} tag(s))."
+    )
     WOULD_RUN = "Would run {count} statement(s):"
     IN_PLACE = "Publication {publication!r} and slot {slot!r} are in place ({tables} table(s))."
     RAN = "Ran {count} statement(s); publication {publication!r} and slot {slot!r} are in place."
@@ -62,7 +73,15 @@ class Command(BaseCommand):
             help="Create the publication and slot and set REPLICA IDENTITY FULL where missing.",
         )
         parser.add_argument(
-            "--dry-run", action="store_true", help="With --setup: print the SQL, run nothing."
+            "--invalidate-all",
+            action="store_true",
+            help="Invalidate what a TRUNCATE of every covered table would (after the slot was "
+            "lost or recreated: changes made meanwhile were never decoded).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="With --setup: print the SQL; with --invalidate-all: count. Change nothing.",
         )
         parser.add_argument("--once", action="store_true", help="Run one round and exit.")
         parser.add_argument(
@@ -85,8 +104,11 @@ class Command(BaseCommand):
             raise CommandError(
                 f"--interval must be >= 0 seconds, got {options['interval']}.", returncode=2
             )
-        if options["dry_run"] and not options["setup"]:
-            raise CommandError("--dry-run goes with --setup.", returncode=2)
+        if options["dry_run"] and not (options["setup"] or options["invalidate_all"]):
+            raise CommandError("--dry-run goes with --setup or --invalidate-all.", returncode=2)
+        if options["invalidate_all"]:
+            self._invalidate_all(options)
+            return
         try:
             slot = replication.check_name("CHANGES_SLOT", config["CHANGES_SLOT"])
             publication = replication.check_name(
@@ -106,6 +128,31 @@ class Command(BaseCommand):
             self._setup(connection, slot, publication, options)
             return
         self._consume(connection, alias, slot, publication, options)
+
+    def _invalidate_all(self, options: Any) -> None:
+        from ...batching import publish_now
+        from ...changeevents import truncate_tags
+        from ...events import InvalidationEvent
+
+        maps = changes.table_maps()
+        events = [
+            InvalidationEvent(
+                type=f"{t.policy.label}.resynced",
+                entity_type=t.policy.label,
+                tags=tuple(truncate_tags(t.policy)),
+                metadata={"source": "changes", "reason": "invalidate-all"},
+            )
+            for t in maps.values()
+        ]
+        tags = len({tag for e in events for tag in e.tags})
+        if options["dry_run"]:
+            self.stdout.write(self.WOULD_INVALIDATE_ALL.format(models=len(events), tags=tags))
+            return
+        publish_now(events)
+        if options["verbosity"] >= 1:
+            self.stdout.write(
+                self.style.SUCCESS(self.INVALIDATED_ALL.format(models=len(events), tags=tags))
+            )
 
     def _setup(self, connection: Any, slot: str, publication: str, options: Any) -> None:
         tables = changes.tables()
@@ -149,9 +196,8 @@ class Command(BaseCommand):
                     connection, alias, slot, publication, limit, decoder
                 )
             except consumer.SlotMissing as exc:
-                raise CommandError(
-                    self.SLOT_MISSING.format(slot=slot, alias=alias), returncode=1
-                ) from exc
+                message = self.SLOT_LOST if exc.lost else self.SLOT_MISSING
+                raise CommandError(message.format(slot=slot, alias=alias), returncode=1) from exc
             except pgoutput.ProtocolError as exc:
                 raise CommandError(
                     f"Could not decode the slot {slot!r}: {exc}.", returncode=1
