@@ -68,8 +68,8 @@ DEFAULTS: dict[str, Any] = {
     # logical replication slot and publication are read, their names, and how many decoded
     # messages a round reads at most (whole transactions: a round may read more).
     "CHANGES_DATABASE": "default",
-    "CHANGES_SLOT": "cache_invalidation",
-    "CHANGES_PUBLICATION": "cache_invalidation",
+    "CHANGES_SLOT": "ci_changes",
+    "CHANGES_PUBLICATION": "ci_changes",
     "CHANGES_BATCH": 10_000,
     # Mark each transaction that publishes ORM-path events with a logical decoding message
     # naming its tables, so consume_changes skips those tables' changes in it (PostgreSQL only).

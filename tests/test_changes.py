@@ -33,7 +33,7 @@ from tests.conftest import _free_port, wait_for
 
 BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 ROOT = Path(__file__).resolve().parent.parent
-SLOT = "cache_invalidation"
+SLOT = "ci_changes"
 
 pytestmark = pytest.mark.skipif(
     not (BIN / "initdb").exists() or not (BIN / "postgres").exists(),
@@ -221,7 +221,7 @@ def test_tags_are_those_of_the_orm_path(pg):
         p.save()
         [orm] = seen
         seen.clear()
-        slot = "cache_invalidation"
+        slot = "ci_changes"
         replication.advance(connection, slot, replication.flush_lsn(connection))
         with connection.cursor() as c:
             c.execute("UPDATE shop_product SET category_id = 3, price = 12.5 WHERE id = 5")
@@ -313,7 +313,7 @@ def test_missing_slot_exits_1_saying_what_to_do(pg):
     pg.sql("SELECT pg_drop_replication_slot(%s)", [SLOT])
     done = manage("consume_changes", "--once")
     assert done.returncode == 1
-    assert "The replication slot 'cache_invalidation' does not exist on database 'default'" in (
+    assert "The replication slot 'ci_changes' does not exist on database 'default'" in (
         done.stderr
     )
 
@@ -407,12 +407,12 @@ def test_status_shows_slot_lag_and_heartbeat(pg):
     assert isinstance(found["lag_bytes"], int) and found["lag_bytes"] >= 0
     assert 0 <= found["heartbeat_age"] < 60 and found["lag_seconds"] >= found["heartbeat_age"]
     text = manage("cache_invalidation_status")
-    assert "Change data capture: slot 'cache_invalidation' on 'default'" in text.stdout
+    assert "Change data capture: slot 'ci_changes' on 'default'" in text.stdout
     # A slot further behind than allowed makes the status unhealthy, saying why.
     pg.sql("INSERT INTO shop_category (id, name, slug) VALUES (9, 'Rugs', 'rugs')")
     done = manage("cache_invalidation_status", CI_TEST_MAX_SLOT_LAG="0")
     assert done.returncode == 1
-    assert "the replication slot 'cache_invalidation' is " in done.stderr
+    assert "the replication slot 'ci_changes' is " in done.stderr
     assert "byte(s) behind (STATUS_MAX_SLOT_LAG is 0); is manage.py consume_changes running?" in (
         done.stderr
     )
@@ -474,7 +474,7 @@ def test_through_rows_and_multi_table_children_reach_what_the_orm_path_reaches(p
         seen = []
         signals.invalidation_published.connect(lambda events, **kw: seen.extend(events),
                                                weak=False)
-        slot = "cache_invalidation"
+        slot = "ci_changes"
         c = Category.objects.create(name="Lamps", slug="lamps-m2m")
         p = Product.objects.create(name="Arc", price=1, category=c)
         t = Tag.objects.create(name="brass")
