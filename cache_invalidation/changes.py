@@ -62,8 +62,8 @@ def table_maps() -> dict[str, TableMap]:
     found: dict[str, TableMap] = {}
     for model, policy in registry.policies.items():
         meta = model._meta
-        if meta.proxy or (not meta.managed and not meta.auto_created):
-            continue
+        if meta.proxy:
+            continue  # its concrete model's table (which has a policy of its own)
         table = meta.db_table
         if table in found and not found[table].policy.implicit:
             continue

@@ -155,6 +155,8 @@ class Decoder:
             return None
         if kind in (b"Y", b"O"):  # a type's name, a replication origin: nothing to invalidate
             return None
+        if kind == b"M" and self.current is None:
+            return None  # a non-transactional message (someone else's): no change in it
         transaction = self.current
         if transaction is None:
             raise ProtocolError(f"message {kind!r} outside a transaction (no Begin seen)")

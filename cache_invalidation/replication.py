@@ -47,6 +47,8 @@ def setup_statements(
 ) -> list[str]:
     """The SQL that makes the publication (covering ``tables``), the slot, and full replica
     identity on the tables, leaving out what already exists; ``[]`` when all is in place.
+    Names in ``tables`` that are no table here (a view behind an unmanaged model, a table not
+    migrated yet) are left out: see :func:`absent_tables`.
 
     The publication comes before the slot: pgoutput reads the publication as of each change,
     so changes logged before the publication existed would not be sent.
@@ -67,6 +69,7 @@ def setup_statements(
         identity = dict(cursor.fetchall())
         cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot])
         has_slot = cursor.fetchone() is not None
+    tables = [t for t in tables if t in identity]  # views and absent tables cannot be published
     missing = [t for t in tables if t not in published]
     names = ", ".join(quote(connection, t) for t in missing)
     if not exists:
@@ -79,6 +82,18 @@ def setup_statements(
     if not has_slot:
         statements.append(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     return statements
+
+
+def absent_tables(connection: Any, tables: Sequence[str]) -> list[str]:
+    """The names in ``tables`` that are no ordinary or partitioned table visible here."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname FROM pg_class "
+            "WHERE relkind IN ('r', 'p') AND relname = ANY(%s) AND pg_table_is_visible(oid)",
+            [list(tables)],
+        )
+        found = {row[0] for row in cursor.fetchall()}
+    return [t for t in tables if t not in found]
 
 
 def slot_info(connection: Any, slot: str) -> dict[str, Any] | None:

@@ -58,6 +58,10 @@ class Command(BaseCommand):
     INVALIDATED_ALL = (
         "Published the collection and coarse tags of {models} model(s) ({tags} tag(s))."
     )
+    ABSENT = (
+        "Left out {count} name(s) that are no table in this database (views, or not migrated "
+        "yet; run --setup again after migrating): {tables}"
+    )
     WOULD_RUN = "Would run {count} statement(s):"
     IN_PLACE = "Publication {publication!r} and slot {slot!r} are in place ({tables} table(s))."
     RAN = "Ran {count} statement(s); publication {publication!r} and slot {slot!r} are in place."
@@ -159,6 +163,9 @@ class Command(BaseCommand):
         if not tables:
             raise CommandError(self.NO_TABLES, returncode=1)
         statements = replication.setup_statements(connection, slot, publication, tables)
+        absent = replication.absent_tables(connection, tables)
+        if absent and options["verbosity"] >= 1:
+            self.stderr.write(self.ABSENT.format(count=len(absent), tables=", ".join(absent)))
         if options["dry_run"]:
             self.stdout.write(self.WOULD_RUN.format(count=len(statements)))
             for statement in statements:
