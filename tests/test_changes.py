@@ -560,3 +560,30 @@ def test_loop_survives_a_postgresql_restart(pg, tmp_path):
         looping.terminate()
         looping.wait(timeout=30)
     assert "Round failed, the slot did not move; retrying" in log.read_text()
+
+
+def test_prometheus_view_shows_slot_lag_and_heartbeat(pg):
+    consume_once()
+    script = textwrap.dedent("""
+        import django
+        django.setup()
+        from django.conf import settings
+        from django.test import Client, override_settings
+        from django.test.utils import setup_test_environment
+        setup_test_environment()
+        token = "t" * 20
+        with override_settings(CACHE_INVALIDATION={**settings.CACHE_INVALIDATION,
+                                                   "METRICS_TOKEN": token}):
+            response = Client().get("/cache-invalidation/metrics/",
+                                    HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert response.status_code == 200, response.status_code
+        print(response.content.decode())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for name in ("cache_invalidation_changes_slot_lag_bytes",
+                 "cache_invalidation_changes_lag_seconds",
+                 "cache_invalidation_changes_heartbeat_age_seconds"):
+        assert any(line.startswith(name + " ") for line in lines), name
