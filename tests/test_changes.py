@@ -562,7 +562,7 @@ def test_loop_survives_a_postgresql_restart(pg, tmp_path):
     assert "Round failed, the slot did not move; retrying" in log.read_text()
 
 
-def test_prometheus_view_shows_slot_lag_and_heartbeat(pg):
+def test_prometheus_view_and_dashboard_show_slot_lag_and_heartbeat(pg):
     consume_once()
     script = textwrap.dedent("""
         import django
@@ -578,6 +578,18 @@ def test_prometheus_view_shows_slot_lag_and_heartbeat(pg):
                                     HTTP_AUTHORIZATION=f"Bearer {token}")
         assert response.status_code == 200, response.status_code
         print(response.content.decode())
+        from django.contrib.auth.models import User
+        admin = User.objects.create_superuser("cdc-admin", "a@example.com", "pw")
+        try:
+            client = Client()
+            client.force_login(admin)
+            page = client.get("/admin/cache_invalidation/manualinvalidation/invalidate/")
+            assert page.status_code == 200, page.status_code
+            html = page.content.decode()
+            assert 'id="ci-changes-lag"' in html and " bytes</td>" in html
+            assert "s behind; last round" in html
+        finally:
+            admin.delete()
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=120)
