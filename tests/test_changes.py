@@ -599,3 +599,15 @@ def test_prometheus_view_and_dashboard_show_slot_lag_and_heartbeat(pg):
                  "cache_invalidation_changes_lag_seconds",
                  "cache_invalidation_changes_heartbeat_age_seconds"):
         assert any(line.startswith(name + " ") for line in lines), name
+
+
+def test_flush_invalidates_every_covered_model(pg):
+    seed(pg)
+    tagged_cache.set("listing", "cached", tags=["shop.Product:*"])
+    tagged_cache.set("category-3", "cached", tags=["category:3"])  # declared: the coarse tag
+    done = manage("flush", "--no-input")
+    assert done.returncode == 0, done.stderr
+    result = consume_once()
+    assert result["events"] >= 2, result
+    assert tagged_cache.get("listing") is None
+    assert tagged_cache.get("category-3") is None
