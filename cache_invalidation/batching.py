@@ -52,12 +52,29 @@ class Batch:
         for _, after_commit in done:
             if after_commit is not None:
                 after_commit()
+        events = [event for event, _ in done if not left_to_changes(event, self.alias)]
+        if not events:
+            return
         if self.outbox:
             from . import outbox
 
-            outbox.committed([event for event, _ in done], self.id, self.alias)
+            outbox.committed(events, self.id, self.alias)
         else:
-            publish_now([event for event, _ in done])
+            publish_now(events)
+
+
+def left_to_changes(event: InvalidationEvent, alias: str) -> bool:
+    """With ``CHANGES_ONLY``, a model event on ``CHANGES_DATABASE`` is published by
+    ``consume_changes`` alone (it is still kept until commit: :func:`reads_uncommitted`)."""
+    from .conf import get_config
+
+    config = get_config()
+    return (
+        bool(config["CHANGES_ONLY"])
+        and alias == config["CHANGES_DATABASE"]
+        and event.type != "manual"
+        and bool(event.entity_type)
+    )
 
 
 def publish_now(events: list[InvalidationEvent]) -> None:
@@ -124,6 +141,8 @@ def emit(
             )
         if after_commit is not None:
             after_commit()
+        if left_to_changes(event, using):
+            return
         if use_outbox:
             from . import outbox
 
@@ -146,7 +165,7 @@ def emit(
         from .changes import mark
 
         mark(connection, event, batch.marked)
-    if use_outbox:
+    if use_outbox and not left_to_changes(event, using):
         from . import outbox
 
         outbox.write(event, batch.id, using)

@@ -24,6 +24,7 @@ KEYS = (
     "CHANGES_PUBLICATION",
     "CHANGES_BATCH",
     "CHANGES_MARK_TRANSACTIONS",
+    "CHANGES_ONLY",
     "STATUS_MAX_SLOT_LAG",
     "STATUS_MAX_CHANGES_AGE",
 )
@@ -71,13 +72,9 @@ def check_changes_settings(app_configs: Any = None, **kwargs: Any) -> list[check
                     id="cache_invalidation.E010",
                 )
             )
-    if not isinstance(config["CHANGES_MARK_TRANSACTIONS"], bool):
-        errors.append(
-            _error(
-                "CHANGES_MARK_TRANSACTIONS",
-                f"must be True or False, got {config['CHANGES_MARK_TRANSACTIONS']!r}.",
-            )
-        )
+    for key in ("CHANGES_MARK_TRANSACTIONS", "CHANGES_ONLY"):
+        if not isinstance(config[key], bool):
+            errors.append(_error(key, f"must be True or False, got {config[key]!r}."))
     for key in ("STATUS_MAX_SLOT_LAG", "STATUS_MAX_CHANGES_AGE"):
         value = config[key]
         if value is not None and (

@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     # Mark each transaction that publishes ORM-path events with a logical decoding message
     # naming its tables, so consume_changes skips those tables' changes in it (PostgreSQL only).
     "CHANGES_MARK_TRANSACTIONS": False,
+    # consume_changes is the only producer of model events on CHANGES_DATABASE: the ORM path
+    # keeps its events until commit (so nothing computed from uncommitted writes is stored)
+    # but does not publish them; invalidate() still publishes at once.
+    "CHANGES_ONLY": False,
     # The status is unhealthy when the slot holds more WAL than this many bytes behind the
     # current position, or the consumer's last round finished longer ago than this many
     # seconds (None: not checked; the slot is only looked at when one of them is set).

@@ -15,6 +15,7 @@ if os.environ.get("PROCESS_KEY_PREFIX"):
 CACHE_INVALIDATION = {
     "TRANSPORT": "sync",
     "CHANGES_MARK_TRANSACTIONS": os.environ.get("CDC_MARK") == "1",
+    "CHANGES_ONLY": os.environ.get("CDC_ONLY") == "1",
     "CHANGES_BATCH": int(os.environ.get("CI_TEST_CHANGES_BATCH", "10000")),
     "STATUS_MAX_SLOT_LAG": int(os.environ.get("CI_TEST_MAX_SLOT_LAG", "100000000")),
     "STATUS_MAX_CHANGES_AGE": float(os.environ.get("CI_TEST_MAX_CHANGES_AGE", "3600")),

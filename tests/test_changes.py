@@ -611,3 +611,36 @@ def test_flush_invalidates_every_covered_model(pg):
     assert result["events"] >= 2, result
     assert tagged_cache.get("listing") is None
     assert tagged_cache.get("category-3") is None
+
+
+def test_changes_only_the_orm_path_publishes_nothing_the_consumer_does(pg):
+    """CHANGES_ONLY: a save publishes no event at commit (the entry is still there), the
+    consumer invalidates it; a value computed inside the writing transaction is still not
+    stored; invalidate() still publishes at once."""
+    seed(pg)
+    script = textwrap.dedent("""
+        import django
+        django.setup()
+        from django.db import transaction
+        from cache_invalidation import invalidate, tagged_cache
+        from testproject.shop.models import Product
+        tagged_cache.set("product-page", "cached", tags=["product:5"])
+        with transaction.atomic():
+            p = Product.objects.get(pk=5)
+            p.name = "Arc 2"
+            p.save()
+            value = tagged_cache.get_or_set("computed", lambda: "uncommitted", tags=["product:5"])
+        assert value == "uncommitted"
+        assert tagged_cache.get("computed") is None, "a value from uncommitted rows was stored"
+        assert tagged_cache.get("product-page") == "cached", "the ORM path published"
+        tagged_cache.set("manual", "cached", tags=["by-hand"])
+        invalidate(tags=["by-hand"])
+        assert tagged_cache.get("manual") is None
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                          env=child_env(CDC_ONLY="1"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert tagged_cache.get("product-page") == "cached"
+    assert consume_once()["events"] == 1
+    assert tagged_cache.get("product-page") is None
