@@ -644,3 +644,19 @@ def test_changes_only_the_orm_path_publishes_nothing_the_consumer_does(pg):
     assert tagged_cache.get("product-page") == "cached"
     assert consume_once()["events"] == 1
     assert tagged_cache.get("product-page") is None
+
+
+def test_without_full_replica_identity_an_update_is_invalidated_coarsely(pg):
+    pg.sql("INSERT INTO shop_tag (id, name) VALUES (7, 'brass')")
+    pg.sql("ALTER TABLE shop_tag REPLICA IDENTITY DEFAULT")
+    try:
+        pg.sql("SELECT pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())", [SLOT])
+        tagged_cache.set("tag-7", "cached", tags=["tag:7"])
+        tagged_cache.set("tag-8", "cached", tags=["tag:8"])  # the old row is unknown: reached
+        pg.sql("UPDATE shop_tag SET name = 'copper' WHERE id = 7")
+        assert consume_once()["events"] == 1
+        assert tagged_cache.get("tag-7") is None
+        assert tagged_cache.get("tag-8") is None  # through the coarse tag shop.Tag:#
+    finally:
+        pg.sql("ALTER TABLE shop_tag REPLICA IDENTITY FULL")
+        pg.sql("DELETE FROM shop_tag")
