@@ -6,6 +6,7 @@
 - ``bigtag [--members N]``: how long Redis is blocked invalidating one huge tag.
 - ``capture [--rounds N]``: what automatic capture adds to a query on a miss.
 - ``relay [--interval S] [--limit N]``: the ``ours_outbox`` relay (started by ``run``).
+- ``changes [--quick]``: change data capture, commit -> invalidated and changes per second.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "bigtag": "benchmarks.bigtag",
     "capture": "benchmarks.capture",
     "relay": "benchmarks.outbox_relay",
+    "changes": "benchmarks.changes",
 }
 
 

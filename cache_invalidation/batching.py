@@ -21,6 +21,8 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.transaction import TransactionManagementError
 
+from .changes import mark
+from .conf import get_config
 from .events import InvalidationEvent
 from .pending import ATTR, Marker, next_seq
 from .transports import Transport, get_transport, prepared
@@ -38,6 +40,7 @@ class Batch:
         self.entries: list[tuple[InvalidationEvent, Callable[[], None] | None]] = []
         self.seqs: list[int] = []  # when each entry was emitted (see reads_uncommitted)
         self.committed: list[int] = []
+        self.marked: set[str] = set()  # tables marked for consume_changes (see .changes.mark)
 
     def confirm(self, index: int) -> None:
         self.committed.append(index)
@@ -52,7 +55,22 @@ class Batch:
         for _, after_commit in done:
             if after_commit is not None:
                 after_commit()
-        self.transport.committed([event for event, _ in done], self.id, self.alias)
+        events = [event for event, _ in done if not left_to_changes(event, self.alias)]
+        if events:
+            self.transport.committed(events, self.id, self.alias)
+
+
+def left_to_changes(event: InvalidationEvent, alias: str) -> bool:
+    """With ``CHANGES_ONLY``, a model event on ``CHANGES_DATABASE`` is published by
+    ``consume_changes`` alone (it is still kept until commit for
+    :func:`.pending.reads_uncommitted`)."""
+    config = get_config()
+    return (
+        bool(config["CHANGES_ONLY"])
+        and alias == config["CHANGES_DATABASE"]
+        and event.type != "manual"
+        and bool(event.entity_type)
+    )
 
 
 def publish_now(events: list[InvalidationEvent]) -> None:
@@ -86,6 +104,8 @@ def emit(
             )
         if after_commit is not None:
             after_commit()
+        if left_to_changes(event, using):
+            return
         batch_id = uuid.uuid4()
         transport.stage(event, batch_id, using)  # the write has committed: so does this
         transport.committed([event], batch_id, using)
@@ -99,7 +119,10 @@ def emit(
         batch = Batch(using, transport)
         setattr(connection, ATTR, batch)
     assert batch is not None
-    batch.transport.stage(event, batch.id, using)
+    if get_config()["CHANGES_MARK_TRANSACTIONS"]:
+        mark(connection, event, batch.marked)
+    if not left_to_changes(event, using):
+        batch.transport.stage(event, batch.id, using)
     index = len(batch.entries)
     batch.entries.append((event, after_commit))
     batch.seqs.append(next_seq())

@@ -11,6 +11,7 @@ per-process cache with a transport that applies in another process, ``W003`` a `
 ``W004`` plain ``cache.set()`` entries (declared keys) outlive ``MAX_TTL``.
 The server: ``W005`` the cache's Redis may evict the tag index (``maxmemory-policy`` other than
 ``noeviction``), checked only where ``INFO`` answers within half a second at startup.
+Change data capture: see :mod:`.changechecks` (``W010`` to ``W012``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from . import health
+from . import changechecks, health
 from .conf import DEFAULTS, TRANSPORTS, celery_broker_configured, get_config
 from .registry import registry
 
@@ -31,6 +32,7 @@ def register() -> None:
     checks.register(check_declarations, "cache_invalidation")
     checks.register(check_settings, "cache_invalidation")
     checks.register(check_cache_eviction, "cache_invalidation", checks.Tags.caches)
+    changechecks.register()
 
 
 def check_cache_eviction(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -84,6 +86,7 @@ _POSITIVE_INTS = (
     "ALERT_AFTER_ATTEMPTS",
     "DEDUP_WINDOW",
     "LEASE_TIMEOUT",
+    "CHANGES_BATCH",
     "STALE_TTL",
     "MAX_RELATED_DEPTH",
     "MAX_DELIVERIES",

@@ -64,6 +64,25 @@ DEFAULTS: dict[str, Any] = {
     # many seconds.
     "STATUS_MAX_DLQ": 0,
     "STATUS_MAX_OUTBOX_AGE": 300,
+    # Change data capture (manage.py consume_changes): the PostgreSQL database alias whose
+    # logical replication slot and publication are read, their names, and how many decoded
+    # messages a round reads at most (whole transactions: a round may read more).
+    "CHANGES_DATABASE": "default",
+    "CHANGES_SLOT": "ci_changes",
+    "CHANGES_PUBLICATION": "ci_changes",
+    "CHANGES_BATCH": 10_000,
+    # Mark each transaction that publishes ORM-path events with a logical decoding message
+    # naming its tables, so consume_changes skips those tables' changes in it (PostgreSQL only).
+    "CHANGES_MARK_TRANSACTIONS": False,
+    # consume_changes is the only producer of model events on CHANGES_DATABASE: the ORM path
+    # keeps its events until commit (so nothing computed from uncommitted writes is stored)
+    # but does not publish them; invalidate() still publishes at once.
+    "CHANGES_ONLY": False,
+    # The status is unhealthy when the slot holds more WAL than this many bytes behind the
+    # current position, or the consumer's last round finished longer ago than this many
+    # seconds (None: not checked; the slot is only looked at when one of them is set).
+    "STATUS_MAX_SLOT_LAG": None,
+    "STATUS_MAX_CHANGES_AGE": None,
     # A bearer token that lets a Prometheus scraper read cache_invalidation.views.metrics_view
     # (staff users may always read it); None: staff only.
     "METRICS_TOKEN": None,

@@ -94,6 +94,7 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
     if not snapshot.get("available", bool(snapshot)):
         metrics_problem = metrics_problem or str(snapshot.get("error") or "not available")
     dead, outbox, index = (_mapping(status.get(k)) for k in ("dead_letters", "outbox", "index"))
+    changes = _mapping(status.get("changes"))
     return {
         "available": bool(status),
         "problem": status_problem,
@@ -106,6 +107,10 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
         "outbox_used": outbox.get("used"),
         "outbox_rows": outbox.get("rows"),
         "outbox_oldest_age": outbox.get("oldest_age"),
+        "changes_used": bool(changes.get("used")),
+        "changes_lag_bytes": changes.get("lag_bytes"),
+        "changes_lag_seconds": changes.get("lag_seconds"),
+        "changes_heartbeat_age": changes.get("heartbeat_age"),
         "index_scanned": bool(index.get("scanned")),
         "index": [(name, index.get(name)) for name in INDEX_FIELDS if name in index],
         "index_error": index.get("error") or "",

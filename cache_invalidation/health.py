@@ -12,8 +12,11 @@ may be stale until it is replayed); when the oldest outbox row waits longer than
 when the cache's Redis may evict keys (``maxmemory`` set with any ``maxmemory-policy`` but
 ``noeviction``: ``allkeys-*`` evicts any key, and ``volatile-*`` any key with a TTL, which is
 every key the app writes), because an evicted tag set leaves its entries cached while their
-invalidations report success. Failed attempts and lag do not make it unhealthy: retries absorb
-blips, and what retries cannot absorb ends in the dead-letter queue.
+invalidations report success; with change data capture watched (``STATUS_MAX_SLOT_LAG`` or
+``STATUS_MAX_CHANGES_AGE`` set), when ``wal_level`` is not ``logical``, the slot is missing, it
+is more than ``STATUS_MAX_SLOT_LAG`` bytes behind, or ``consume_changes`` finished no round
+within ``STATUS_MAX_CHANGES_AGE`` seconds. Failed attempts and lag do not make it unhealthy:
+retries absorb blips, and what retries cannot absorb ends in the dead-letter queue.
 
 :func:`warnings` (shown, exit status unchanged): Redis has evicted keys since it started
 (``evicted_keys``: entries may have lost their tag sets and stay stale until their TTL), or its
@@ -35,7 +38,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from . import __version__, metrics, outbox
+from . import __version__, metrics, outbox, replication
 from .backends import backend_for
 
 # Re-exported: the eviction rules are documented under this module.
@@ -44,6 +47,7 @@ from .backends.probes import eviction_from_info as eviction_from_info
 from .backends.probes import unreadable
 from .backends.redis import RedisTagBackend
 from .conf import get_config
+from .consumer import last_heartbeat
 from .logfields import log_extra
 from .tagging import TaggedCache
 
@@ -75,6 +79,22 @@ CACHE_WOULD_EVICT = (
 OUTBOX_STUCK = (
     "the oldest outbox row has waited {age:.0f} s (STATUS_MAX_OUTBOX_AGE is "
     "{limit}); is manage.py relay_outbox running?"
+)
+
+
+CHANGES_WAL_LEVEL = (
+    "wal_level is {level!r} on database {alias!r}; manage.py consume_changes needs 'logical'"
+)
+CHANGES_NO_SLOT = (
+    "the replication slot {slot!r} does not exist on database {alias!r}; run manage.py "
+    "consume_changes --setup, and flush the cache if it existed before"
+)
+CHANGES_SLOT_LAG = (
+    "the replication slot {slot!r} is {lag} byte(s) behind (STATUS_MAX_SLOT_LAG is {limit}); "
+    "is manage.py consume_changes running?"
+)
+CHANGES_STALE = (
+    "manage.py consume_changes finished no round for {age} (STATUS_MAX_CHANGES_AGE is {limit})"
 )
 
 
@@ -233,6 +253,47 @@ def outbox_backlog(using: str | None = None) -> dict[str, Any]:
         return {"used": used, "rows": None, "oldest_age": None, "error": _error(exc)}
 
 
+def changes() -> dict[str, Any]:
+    """Change data capture (``manage.py consume_changes``), looked at only when
+    ``STATUS_MAX_SLOT_LAG`` or ``STATUS_MAX_CHANGES_AGE`` is set: ``{"used", "alias", "slot",
+    "wal_level", "slot_exists", "lag_bytes", "wal_status", "heartbeat_age", "lag_seconds",
+    "error"}``. ``lag_seconds`` is how far behind the last round was (commit of the oldest
+    transaction it published -> its end) plus the time since it ended."""
+
+    config = get_config()
+    used = config["STATUS_MAX_SLOT_LAG"] is not None or config["STATUS_MAX_CHANGES_AGE"] is not None
+    result: dict[str, Any] = {
+        "used": used,
+        "alias": config["CHANGES_DATABASE"],
+        "slot": config["CHANGES_SLOT"],
+        "wal_level": None,
+        "slot_exists": None,
+        "lag_bytes": None,
+        "wal_status": None,
+        "heartbeat_age": None,
+        "lag_seconds": None,
+        "error": None,
+    }
+    if not used:
+        return result
+    try:
+        beat = last_heartbeat(str(result["slot"]))
+        if beat is not None:
+            age = max(0.0, time.time() - float(beat["at"]))
+            result["heartbeat_age"] = round(age, 3)
+            result["lag_seconds"] = round(age + float(beat.get("lag_seconds") or 0), 3)
+        connection = connections[result["alias"]]
+        result["wal_level"] = replication.setting(connection, "wal_level")
+        info = replication.slot_info(connection, str(result["slot"]))
+        result["slot_exists"] = info is not None
+        if info is not None:
+            result["lag_bytes"] = int(info["lag_bytes"])
+            result["wal_status"] = info["wal_status"]
+    except Exception as exc:
+        result["error"] = _error(exc)
+    return result
+
+
 def index(scan: bool = False) -> dict[str, Any]:
     """Tag-index size (``TaggedCache().index_stats()``) when ``scan``; the scan reads every tag
     set, so it is skipped unless asked for: ``{"scanned": False}``."""
@@ -283,9 +344,10 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
           "database": {"ok": True, "alias": "default", "vendor": "postgresql", ...},
           "dead_letters": {"pending": 0, "oldest_age": None, "by_reason": {}, "error": None},
           "outbox": {"used": False, "rows": 0, "oldest_age": None, "error": None},
+          "changes": {"used": False, ...} | {"used": True, "lag_bytes": n, ...},  # changes()
           "index": {"scanned": False} | {"scanned": True, "tag_sets": n, "members": n, ...},
           "metrics": metrics.snapshot(),
-          "limits": {"STATUS_MAX_DLQ": 0, "STATUS_MAX_OUTBOX_AGE": 300},
+          "limits": {"STATUS_MAX_DLQ": 0, "STATUS_MAX_OUTBOX_AGE": 300, ...},
           "versions": {"cache_invalidation": "0.1.0", "django": ..., ...},
         }
 
@@ -306,6 +368,7 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
         "database": check_database(using),
         "dead_letters": dead_letters(using),
         "outbox": outbox_backlog(using),
+        "changes": changes(),
         # Without the cache, the scan and the snapshot would each wait for their own timeouts.
         "index": index(include_index and cache["ok"]),
         "metrics": metrics.snapshot()
@@ -314,6 +377,8 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
         "limits": {
             "STATUS_MAX_DLQ": config["STATUS_MAX_DLQ"],
             "STATUS_MAX_OUTBOX_AGE": config["STATUS_MAX_OUTBOX_AGE"],
+            "STATUS_MAX_SLOT_LAG": config["STATUS_MAX_SLOT_LAG"],
+            "STATUS_MAX_CHANGES_AGE": config["STATUS_MAX_CHANGES_AGE"],
         },
         "versions": versions(),
     }
@@ -373,6 +438,32 @@ def problems(status: dict[str, Any]) -> list[str]:
                 age=age, limit=limits.get("STATUS_MAX_OUTBOX_AGE", config["STATUS_MAX_OUTBOX_AGE"])
             )
         )
+    found.extend(_changes_problems(status.get("changes") or {}, limits, config))
+    return found
+
+
+def _changes_problems(
+    changes: dict[str, Any], limits: dict[str, Any], config: dict[str, Any]
+) -> list[str]:
+    if not changes.get("used"):
+        return []
+    alias, slot = changes.get("alias"), changes.get("slot")
+    if changes.get("error"):
+        return [f"change data capture could not be checked: {changes['error']}"]
+    if changes.get("wal_level") != "logical":
+        return [CHANGES_WAL_LEVEL.format(level=changes.get("wal_level"), alias=alias)]
+    if not changes.get("slot_exists"):
+        return [CHANGES_NO_SLOT.format(slot=slot, alias=alias)]
+    found = []
+    max_lag = limits.get("STATUS_MAX_SLOT_LAG", config["STATUS_MAX_SLOT_LAG"])
+    lag = changes.get("lag_bytes")
+    if max_lag is not None and lag is not None and lag > max_lag:
+        found.append(CHANGES_SLOT_LAG.format(slot=slot, lag=lag, limit=max_lag))
+    max_age = limits.get("STATUS_MAX_CHANGES_AGE", config["STATUS_MAX_CHANGES_AGE"])
+    age = changes.get("heartbeat_age")
+    if max_age is not None and (age is None or age > max_age):
+        shown = "as long as MAX_TTL remembers" if age is None else f"{age:.0f} s"
+        found.append(CHANGES_STALE.format(age=shown, limit=max_age))
     return found
 
 

@@ -22,6 +22,9 @@ Exposed:
 - ``cache_invalidation_dead_letters_pending``,
   ``cache_invalidation_dead_letters_oldest_age_seconds``, ``cache_invalidation_outbox_rows``,
   ``cache_invalidation_outbox_oldest_age_seconds`` (gauges).
+- ``cache_invalidation_changes_slot_lag_bytes``, ``cache_invalidation_changes_lag_seconds``,
+  ``cache_invalidation_changes_heartbeat_age_seconds`` (gauges), when the status watches change
+  data capture (``STATUS_MAX_SLOT_LAG`` or ``STATUS_MAX_CHANGES_AGE`` set).
 - ``cache_invalidation_up{check}`` (gauge, 1/0): cache, database, and broker when used;
   ``cache_invalidation_healthy`` (gauge, 1/0): :func:`cache_invalidation.health.healthy`.
 """
@@ -155,6 +158,27 @@ class _Collector:
         ):
             if value is not None:
                 yield GaugeMetricFamily(name, doc, value=value)
+        changes = status.get("changes") or {}
+        if changes.get("used"):
+            for name, doc, value in (
+                (
+                    "cache_invalidation_changes_slot_lag_bytes",
+                    "WAL bytes the consume_changes slot holds behind the current position.",
+                    changes.get("lag_bytes"),
+                ),
+                (
+                    "cache_invalidation_changes_lag_seconds",
+                    "How far behind consume_changes' last round was, plus the time since it.",
+                    changes.get("lag_seconds"),
+                ),
+                (
+                    "cache_invalidation_changes_heartbeat_age_seconds",
+                    "Seconds since consume_changes last finished a round.",
+                    changes.get("heartbeat_age"),
+                ),
+            ):
+                if value is not None:
+                    yield GaugeMetricFamily(name, doc, value=value)
 
         up = GaugeMetricFamily(
             "cache_invalidation_up", "1 when the check answered, else 0.", labels=["check"]

@@ -83,8 +83,9 @@ def test_json_has_the_documented_shape(saved_product):
     assert code == 0
     found = json.loads(out)
     assert set(found) == {
-        "healthy", "problems", "warnings", "generated_at", "transport", "cache_alias", "cache", "broker",
-        "database", "dead_letters", "outbox", "index", "metrics", "limits", "versions",
+        "healthy", "problems", "warnings", "generated_at", "transport", "cache_alias", "cache",
+        "broker", "database", "dead_letters", "outbox", "changes", "index", "metrics", "limits",
+        "versions",
     }
     assert found["healthy"] is True and found["problems"] == []
     assert found["cache"]["eviction"]["policy"] == "noeviction"
@@ -92,7 +93,9 @@ def test_json_has_the_documented_shape(saved_product):
     assert found["dead_letters"] == {"pending": 0, "oldest_age": None, "by_reason": {},
                                      "error": None}
     assert found["outbox"] == {"used": False, "rows": 0, "oldest_age": None, "error": None}
-    assert found["limits"] == {"STATUS_MAX_DLQ": 0, "STATUS_MAX_OUTBOX_AGE": 300}
+    assert found["limits"] == {"STATUS_MAX_DLQ": 0, "STATUS_MAX_OUTBOX_AGE": 300,
+                               "STATUS_MAX_SLOT_LAG": None, "STATUS_MAX_CHANGES_AGE": None}
+    assert found["changes"]["used"] is False  # not watched unless a STATUS_MAX_* is set
     snapshot = found["metrics"]
     assert set(snapshot) == {"available", "error", "window", "per_model", "totals", "lag_ms",
                              "lag_ms_day", "lag_histogram"}

@@ -32,6 +32,10 @@ class Command(BaseCommand):
     DEAD_LETTERS = "Dead letters: {pending} pending{oldest}{reasons}"
     OUTBOX = "Outbox: {rows} row(s){oldest}{used}"
     UNREADABLE = "{what}: not readable: {error}"
+    CHANGES = (
+        "Change data capture: slot {slot!r} on {alias!r}, {lag} byte(s) behind, "
+        "last round {age} ago, lag {seconds}"
+    )
     INDEX = "Tag index: {tag_sets} tag set(s), {members} member(s), {dead_members} dead"
     INDEX_SKIPPED = "Tag index: not scanned (add --index)"
     WARNING = "Warning: {warning}."
@@ -149,6 +153,23 @@ class Command(BaseCommand):
                     rows=backlog["rows"],
                     oldest=_oldest(backlog["oldest_age"]),
                     used="" if backlog["used"] else " (transport not used)",
+                )
+            )
+        found = status.get("changes") or {}
+        if found.get("used") and found.get("error"):
+            write(self.UNREADABLE.format(what="Change data capture", error=found["error"]))
+        elif found.get("used") and found.get("slot_exists"):
+            write(
+                self.CHANGES.format(
+                    slot=found["slot"],
+                    alias=found["alias"],
+                    lag=found["lag_bytes"],
+                    age="-"
+                    if found["heartbeat_age"] is None
+                    else f"{found['heartbeat_age']:.1f} s",
+                    seconds="-"
+                    if found["lag_seconds"] is None
+                    else f"{found['lag_seconds']:.1f} s",
                 )
             )
         index = status["index"]
