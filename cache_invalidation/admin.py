@@ -135,7 +135,6 @@ class OutboxEventAdmin(_ReadOnly):
         return f"{seconds} s"
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-
         backlog = outbox.backlog()
         if backlog["rows"]:
             self.message_user(
@@ -224,5 +223,4 @@ class ManualInvalidationAdmin(_ReadOnly):
         ]
 
     def invalidate_view(self, request: HttpRequest) -> HttpResponse:
-
         return invalidate_view(self, request)

@@ -329,7 +329,6 @@ def _render(
     form: ManualInvalidationForm,
     preview: dict[str, Any] | None,
 ) -> HttpResponse:
-
     opts = model_admin.model._meta
     context = {
         **model_admin.admin_site.each_context(request),

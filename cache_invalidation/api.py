@@ -87,7 +87,6 @@ def cached(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-
                 key, tag_list = key_and_tags(args, kwargs)
 
                 async def compute() -> Any:
@@ -99,7 +98,6 @@ def cached(
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-
             key, tag_list = key_and_tags(args, kwargs)
             return tagged_cache.get_or_set(
                 key, lambda: func(*args, **kwargs), tags=tag_list, timeout=timeout

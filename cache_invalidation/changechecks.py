@@ -57,7 +57,6 @@ def _error(key: str, msg: str) -> checks.CheckMessage:
 
 
 def check_changes_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-
     config = {**DEFAULTS, **_user()}
     errors = []
     alias = config["CHANGES_DATABASE"]
@@ -89,7 +88,6 @@ def check_changes_settings(app_configs: Any = None, **kwargs: Any) -> list[check
 def check_changes_database(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-
     config = get_config()
     alias = config["CHANGES_DATABASE"]
     if not databases or alias not in databases or not configured():

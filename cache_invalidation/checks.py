@@ -71,7 +71,6 @@ def check_cache_eviction(app_configs: Any = None, **kwargs: Any) -> list[checks.
 
 
 def check_declarations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-
     wanted = None if app_configs is None else {c.label for c in app_configs}
     return [
         checks.Error(p.msg, hint=p.hint, obj=p.model, id=p.id)
@@ -248,7 +247,6 @@ def _check_visibility_timeout(config: dict[str, Any]) -> list[checks.CheckMessag
 
 
 def _backend_class(path: str) -> type | None:
-
     try:
         found = import_string(path)
     except ImportError:

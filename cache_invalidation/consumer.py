@@ -25,8 +25,7 @@ from typing import Any
 
 from django.core.cache import caches
 
-from . import changeevents, changes, pgoutput, replication
-from .batching import publish_now
+from . import batching, changeevents, changes, pgoutput, replication
 from .conf import get_config
 from .logfields import log_extra
 
@@ -88,7 +87,7 @@ def consume_round(
         result.transactions += 1
         events = changeevents.events_for(transaction, maps, using, connection)
         if events:
-            publish_now(events)
+            batching.publish_now(events)
             result.events += len(events)
         else:
             result.skipped += 1

@@ -131,13 +131,11 @@ def _text(error: BaseException | str) -> str:
 
 
 def _backoff(attempts: int) -> timedelta:
-
     # Never sooner than a second: the periodic replay must not spin on a failing row.
     return timedelta(seconds=backoff(attempts, get_config(), floor=1.0))
 
 
 def _alert(row: Any, events: list[InvalidationEvent], error: BaseException | str) -> None:
-
     config = get_config()
     message = (
         f"cache_invalidation: dead letter #{row.pk} ({row.reason}) after {row.attempts} "

@@ -22,12 +22,10 @@ PREFIX = "ci:done:"
 
 
 def _cache() -> Any:
-
     return caches[get_config()["CACHE_ALIAS"]]
 
 
 def window() -> int:
-
     return int(get_config()["DEDUP_WINDOW"])
 
 

@@ -214,7 +214,6 @@ def check_database(using: str | None = None) -> dict[str, Any]:
 
 
 def _dead_letter_db() -> str:
-
     from .models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
     return str(router.db_for_read(DeadLetter))
@@ -309,7 +308,6 @@ def index(scan: bool = False) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-
     try:
         import django_redis  # noqa: PLC0415 - optional dependency
 

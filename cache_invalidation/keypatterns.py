@@ -148,7 +148,6 @@ class KeyPattern:
     tail: str
 
     def _backend(self) -> KeyScanning:
-
         backend: Any = backend_for(self.alias)  # bind() checked it is the Redis backend
         return cast("KeyScanning", backend)
 
@@ -234,7 +233,6 @@ class KeyPattern:
 
 
 def _confirm_ttl() -> int:
-
     return max(1, min(CONFIRM_MAX_AGE, int(get_config()["MAX_TTL"])))  # no key outlives MAX_TTL
 
 

@@ -229,7 +229,6 @@ def execute(plan: Plan, *, sync: bool = False, source: str = "", username: str =
 
 
 def _event(plan: Plan, metadata: dict[str, Any]) -> Any:
-
     return InvalidationEvent(
         type="manual", tags=tuple(plan.tags), keys=tuple(plan.keys), metadata=metadata
     )

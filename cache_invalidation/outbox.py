@@ -54,7 +54,6 @@ def wrap_save_base(model: Any) -> None:
         return
 
     def save_base(self: Any, *args: Any, **kwargs: Any) -> Any:
-
         if get_config()["TRANSPORT"] == "outbox":
             using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
             if not connections[using].in_atomic_block:

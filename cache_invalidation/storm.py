@@ -118,7 +118,6 @@ def _escalate(event: InvalidationEvent, reason: str) -> InvalidationEvent:
 
 
 def _coarse_for_event(event: InvalidationEvent) -> list[str]:
-
     labels: dict[str, None] = {}
     if event.entity_type:
         try:

@@ -35,7 +35,6 @@ def record_outer(tags: list[str]) -> None:
 
 
 def _config() -> dict[str, Any]:
-
     return get_config()
 
 
@@ -86,7 +85,6 @@ class TaggedCache:
         return backend_for(self.alias)
 
     def _timeout(self, timeout: int | None) -> int:
-
         max_ttl = int(get_config()["MAX_TTL"])
         if timeout is None:
             return max_ttl

@@ -78,7 +78,6 @@ def published(events: list[InvalidationEvent], transport: str) -> None:
 
 
 def get_transport() -> Transport:
-
     name = get_config()["TRANSPORT"]
     transport = _built.get(name)
     if transport is None:

@@ -138,7 +138,6 @@ class Command(BaseCommand):
         self._consume(connection, alias, slot, publication, options)
 
     def _invalidate_all(self, options: Any) -> None:
-
         maps = changes.table_maps()
         events = [
             InvalidationEvent(
