@@ -25,18 +25,20 @@ from typing import Any
 def _queries() -> dict[str, Callable[[], Any]]:
     from django.db.models import Count, Exists, OuterRef
 
-    from tests.testapp.models import Item, Owner
+    from testproject.shop.models import Category, Product
 
-    first = Owner.objects.order_by("pk").first()
+    first = Category.objects.order_by("pk").first()
     assert first is not None
     pk = first.pk
+    product = Product.objects.filter(category_id=pk).first()
+    assert product is not None
     return {
-        "key lookup": lambda: Owner.objects.get(pk=pk),
-        "foreign key filter": lambda: list(Item.objects.filter(owner_id=pk)),
-        "order_by a relation": lambda: list(Item.objects.order_by("owner__username")[:20]),
-        "aggregate across a relation": lambda: Owner.objects.aggregate(n=Count("items")),
+        "key lookup": lambda: Product.objects.get(pk=product.pk),
+        "foreign key filter": lambda: list(Product.objects.filter(category_id=pk)),
+        "order_by a relation": lambda: list(Product.objects.order_by("category__name")[:20]),
+        "aggregate across a relation": lambda: Category.objects.aggregate(n=Count("products")),
         "Exists subquery": lambda: list(
-            Owner.objects.filter(Exists(Item.objects.filter(owner=OuterRef("pk"))))[:20]
+            Category.objects.filter(Exists(Product.objects.filter(category=OuterRef("pk"))))[:20]
         ),
     }
 
@@ -77,18 +79,23 @@ def main(argv: list[str]) -> int:
     from django.test.utils import setup_test_environment, teardown_test_environment
     from django.test.utils import setup_databases, teardown_databases
 
+    from decimal import Decimal
+
     from cache_invalidation import no_invalidation
-    from tests.testapp.models import Item, Owner
+    from testproject.shop.models import Category, Product
 
     setup_test_environment()
     databases = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     try:
         with no_invalidation():
-            owners = Owner.objects.bulk_create(
-                [Owner(username=f"u{i:04}") for i in range(options.rows // 4 or 1)]
+            categories = Category.objects.bulk_create(
+                [Category(name=f"c{i:04}", slug=f"c{i:04}") for i in range(options.rows // 4 or 1)]
             )
-            Item.objects.bulk_create(
-                [Item(owner=owners[i % len(owners)], name=f"i{i}") for i in range(options.rows)]
+            Product.objects.bulk_create(
+                [
+                    Product(name=f"p{i}", price=Decimal(1), category=categories[i % len(categories)])
+                    for i in range(options.rows)
+                ]
             )
         results = measure(options.rounds, options.repeat)
     finally:
