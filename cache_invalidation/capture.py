@@ -29,7 +29,7 @@ per call with ``capture=False``. Tables of undeclared models are not tracked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -103,29 +103,38 @@ def narrow_for(queryset: models.QuerySet) -> Narrow | None:
     query = queryset.query
     if query.combinator:
         return None  # every part is a query of its own: the statement's tables decide
-    concrete = model._meta.concrete_model or model
-    labels = auto_labels(model)
+    labels, rows_tables, own_table = _shape(model)
     pks = _pk_lookup(query, model)
     if pks is not None and not query.annotations:
-        tables = frozenset(m._meta.db_table for m in (concrete, *concrete._meta.get_parent_list()))
-        return Narrow(tables, [instance_tag(label, pk) for label in labels for pk in pks])
+        return Narrow(rows_tables, [instance_tag(label, pk) for label in labels for pk in pks])
     condition = foreign_key_condition(queryset)
     if condition is None:
         return None
     attname, texts = condition
-    own = labels[0]
-    return Narrow(
-        frozenset([concrete._meta.db_table]),
-        [foreign_key_tag(own, attname, text) for text in texts],
-    )
+    return Narrow(own_table, [foreign_key_tag(labels[0], attname, text) for text in texts])
 
 
-@contextmanager
-def narrowing(queryset: models.QuerySet) -> Iterator[None]:
-    """Let the next statement sent in this block record ``queryset``'s narrow tags."""
+_Shape = tuple[tuple[str, ...], frozenset[str], frozenset[str]]
+_shapes: dict[type[models.Model], _Shape] = {}
+
+
+def _shape(model: type[models.Model]) -> _Shape:
+    """A model's labels, the tables one of its rows lives in (its own and its concrete
+    parents'), and its own table: fixed once the models are loaded."""
+    found = _shapes.get(model)
+    if found is None:
+        concrete = model._meta.concrete_model or model
+        parents = concrete._meta.get_parent_list()
+        tables = frozenset(m._meta.db_table for m in (concrete, *parents))
+        found = _shapes[model] = (auto_labels(model), tables, frozenset([concrete._meta.db_table]))
+    return found
+
+
+def narrowed(queryset: models.QuerySet, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (which sends ``queryset``'s statement) with its narrow tags pending."""
     token = _narrow.set(narrow_for(queryset))
     try:
-        yield
+        return call()
     finally:
         _narrow.reset(token)
 
@@ -318,26 +327,26 @@ class CaptureQuerySetMixin:
     the statement itself, whatever model it is for, is seen by :func:`on_execute`."""
 
     def _fetch_all(self) -> None:
+        base: Any = super()
         if self._result_cache is None and _active.get():  # type: ignore[attr-defined]
-            with narrowing(self):  # type: ignore[arg-type]
-                super()._fetch_all()  # type: ignore[misc]
+            narrowed(self, base._fetch_all)  # type: ignore[arg-type]
         else:
-            super()._fetch_all()  # type: ignore[misc]
+            base._fetch_all()
 
     def aggregate(self, *args: Any, **kwargs: Any) -> Any:
+        base: Any = super()
         if _active.get():
-            with narrowing(self):  # type: ignore[arg-type]
-                return super().aggregate(*args, **kwargs)  # type: ignore[misc]
-        return super().aggregate(*args, **kwargs)  # type: ignore[misc]
+            return narrowed(self, lambda: base.aggregate(*args, **kwargs))  # type: ignore[arg-type]
+        return base.aggregate(*args, **kwargs)
 
     def count(self) -> int:
+        base: Any = super()
         if self._result_cache is None and _active.get():  # type: ignore[attr-defined]
-            with narrowing(self):  # type: ignore[arg-type]
-                return super().count()  # type: ignore[misc]
-        return super().count()  # type: ignore[misc]
+            return int(narrowed(self, base.count))  # type: ignore[arg-type]
+        return int(base.count())
 
     def exists(self) -> bool:
+        base: Any = super()
         if self._result_cache is None and _active.get():  # type: ignore[attr-defined]
-            with narrowing(self):  # type: ignore[arg-type]
-                return super().exists()  # type: ignore[misc]
-        return super().exists()  # type: ignore[misc]
+            return bool(narrowed(self, base.exists))  # type: ignore[arg-type]
+        return bool(base.exists())

@@ -26,14 +26,11 @@ class CeleryTransport(BaseTransport):
         if queue:
             options["queue"] = queue
         try:
-            apply_batch.apply_async(
-                args=(encode_batch(events),),
-                # What Celery logs and shows for the task: without these it builds a saferepr()
-                # of the whole batch in the request (a third of apply_async's time).
-                argsrepr=f"<{len(events)} event(s)>",
-                kwargsrepr="{}",
-                **options,
-            )
+            # What Celery logs and shows for the task: without these it builds a saferepr() of
+            # the whole batch in the request (a third of apply_async's time).
+            options["argsrepr"] = f"<{len(events)} event(s)>"
+            options["kwargsrepr"] = "{}"
+            apply_batch.apply_async(args=(encode_batch(events),), **options)
         except Exception as exc:
             from ..models import DeadLetter  # noqa: PLC0415 - models need the app registry
 
