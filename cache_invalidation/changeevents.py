@@ -26,6 +26,7 @@ from django.db import models
 
 from . import pgoutput, rowstates
 from .changes import TableMap, skipped_tables, state
+from .coarse import cascade_labels
 from .events import InvalidationEvent
 from .registry import Policy, registry
 from .related import related_invalidations
@@ -178,17 +179,7 @@ def _cut(policy: Policy, *states: dict[str, Any] | None) -> Policy:
 def truncate_tags(policy: Policy) -> list[str]:
     """What a TRUNCATE of ``policy``'s table reaches: collection and coarse tags of the model,
     its parents, and (following ``related``) the models its rows cascade to."""
-    labels: dict[str, None] = {}
-    pending: list[type[models.Model]] = [policy.model]
-    while pending:
-        model = pending.pop()
-        own = auto_labels(model)
-        if own[0] in labels:
-            continue
-        labels.update(dict.fromkeys(own))
-        found = registry.get(model)
-        if found is not None:
-            pending.extend(r.target for r in found.related)
+    labels = cascade_labels(policy.model)
     return [t for label in labels for t in (collection_tag(label), coarse_tag(label))]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from django.db import models
 
 from .registry import registry
-from .tagnames import coarse_tag, is_coarse
+from .tagnames import auto_labels, coarse_tag, is_coarse
 
 
 @lru_cache(maxsize=1)
@@ -81,3 +81,21 @@ def uncovered(tags: Iterable[str], coarse: Iterable[str]) -> list[str]:
         # An entry never gets a coarse tag for a tag that looks like one (see coarse_tags_for).
         and (is_coarse(tag) or not any(p.fullmatch(tag) for p in covering))
     ]
+
+
+def cascade_labels(model: type[models.Model]) -> list[str]:
+    """The labels a change of ``model``'s rows reaches: the model's own and its concrete
+    parents' (a child's rows are its parents' rows too), then those of the models its
+    ``related`` declarations cascade to, transitively (cycles are refused at startup)."""
+    labels: dict[str, None] = {}
+    pending: list[type[models.Model]] = [model]
+    while pending:
+        current = pending.pop()
+        own = auto_labels(current)
+        if own[0] in labels:
+            continue
+        labels.update(dict.fromkeys(own))
+        policy = registry.get(current)
+        if policy is not None:
+            pending.extend(r.target for r in policy.related)
+    return list(labels)

@@ -38,12 +38,11 @@ from django.dispatch import receiver
 
 from . import coarse, metrics
 from .bookkeeping import Bookkeeping
-from .coarse import coarse_tags_for, uncovered
+from .coarse import cascade_labels, coarse_tags_for, uncovered
 from .conf import CONFIG_SETTINGS, get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
-from .registry import registry
-from .tagnames import auto_labels, coarse_tag
+from .tagnames import coarse_tag
 
 logger = logging.getLogger("cache_invalidation")
 
@@ -124,17 +123,8 @@ def _coarse_for_event(event: InvalidationEvent) -> list[str]:
             model: Any = apps.get_model(event.entity_type)
         except (LookupError, ValueError):
             model = None
-        pending = [model] if model is not None else []
-        while pending:
-            current = pending.pop()
-            # A multi-table child's rows are its parents' rows too: their coarse tags as well.
-            own = auto_labels(current)
-            if own[0] in labels:
-                continue
-            labels.update(dict.fromkeys(own))
-            policy = registry.get(current)
-            if policy is not None:
-                pending.extend(r.target for r in policy.related)
+        if model is not None:
+            labels.update(dict.fromkeys(cascade_labels(model)))
     tags = [coarse_tag(label) for label in labels]
     if not tags or not event.entity_type:
         # No model named (a foreign message): find the models its tags belong to (sampled: the
