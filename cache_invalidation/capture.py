@@ -220,14 +220,9 @@ def foreign_key_condition(queryset: models.QuerySet) -> tuple[str, list[str]] | 
             return None
         if alias != base and entry.table_name == table:
             return None  # a self-join: the result depends on other rows of the table
-    ordering = [o for o in query.order_by if not isinstance(o, str)]
-    if _unsafe(where) or any(_unsafe(e) for e in (*query.annotations.values(), *ordering)):
+    keys = _foreign_keys(concrete)
+    if not keys:
         return None
-    keys = {
-        f.attname: f
-        for f in concrete._meta.local_concrete_fields
-        if f.is_relation and (f.many_to_one or f.one_to_one)
-    }
     vendor = connections[queryset.db].vendor
     found: list[tuple[int, str, list[str]]] = []
     for lookup in _anded(where):
@@ -243,8 +238,27 @@ def foreign_key_condition(queryset: models.QuerySet) -> tuple[str, list[str]] | 
             found.append((len(texts), f.attname, texts))
     if not found:
         return None
+    # Only now the walk through every condition and expression (the costly part).
+    ordering = [o for o in query.order_by if not isinstance(o, str)]
+    if _unsafe(where) or any(_unsafe(e) for e in (*query.annotations.values(), *ordering)):
+        return None
     _, attname, texts = min(found)
     return attname, texts
+
+
+_keys_of: dict[type[models.Model], dict[str, models.Field]] = {}
+
+
+def _foreign_keys(concrete: type[models.Model]) -> dict[str, models.Field]:
+    """attname -> field of the model's own foreign keys and one-to-ones (its own table's)."""
+    keys = _keys_of.get(concrete)
+    if keys is None:
+        keys = _keys_of[concrete] = {
+            f.attname: f
+            for f in concrete._meta.local_concrete_fields
+            if f.is_relation and (f.many_to_one or f.one_to_one)
+        }
+    return keys
 
 
 def _anded(node: WhereNode) -> Iterator[Lookup]:
