@@ -39,12 +39,8 @@ it started (see :func:`reads_uncommitted`)."""
 
 
 def next_seq() -> int:
-    """A number for an event emitted inside a transaction (increasing, process-wide)."""
-    return next(_sequence)
-
-
-def emitted_so_far() -> int:
-    """A mark to pass to :func:`reads_uncommitted` once a computation is done."""
+    """The next number (increasing, process-wide): for an event emitted inside a transaction,
+    and as the mark a computation takes when it starts, for :func:`reads_uncommitted`."""
     return next(_sequence)
 
 

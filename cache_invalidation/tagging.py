@@ -213,7 +213,7 @@ class TaggedCache:
         capture: bool,
         keep_stale: bool,
     ) -> Any:
-        mark = pending.emitted_so_far()
+        mark = pending.next_seq()
         try:
             with _capture_if(capture) as captured:
                 value = default() if callable(default) else default
