@@ -7,6 +7,8 @@
 - ``capture [--rounds N]``: what automatic capture adds to a query on a miss.
 - ``relay [--interval S] [--limit N]``: the ``ours_outbox`` relay (started by ``run``).
 - ``changes [--quick]``: change data capture, commit -> invalidated and changes per second.
+- ``local [--quick]``: the local cache (L1): a local hit, the cross-process window, shop
+  traffic with and without it, memory per entry.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "capture": "benchmarks.capture",
     "relay": "benchmarks.outbox_relay",
     "changes": "benchmarks.changes",
+    "local": "benchmarks.local",
 }
 
 

@@ -111,9 +111,12 @@ def _check_name(name: str) -> None:
 
 @contextmanager
 def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """One worker, solo pool (one process, one core), consuming the run's queue."""
+    """One worker, solo pool (one process, one core), consuming the run's queue; pinned to
+    the CPUs in ``BENCH_WORKER_CPUS`` (``taskset -c`` syntax) when that is set."""
+    cpus = os.environ.get("BENCH_WORKER_CPUS")
+    pin = ["taskset", "-c", cpus] if cpus else []
     with _process(
-        [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
+        [*pin, sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
          "--pool", "solo", "--concurrency", "1", "-Q", "bench", "-l", "WARNING",
          "--without-gossip", "--without-mingle", "--without-heartbeat"], env, log,
     ) as worker:

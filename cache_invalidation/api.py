@@ -62,8 +62,13 @@ def cached(
     tags: Iterable[str] | Callable[..., Iterable[str]] = (),
     timeout: int | None = None,
     key_prefix: str | None = None,
+    *,
+    local: bool | None = None,
 ) -> Callable[[F], F]:
     """Cache a function's result in ``tagged_cache``, keyed by its arguments.
+
+    ``local=True`` also keeps hot results in this process's memory (see
+    :mod:`cache_invalidation.localcache`); ``None`` follows ``LOCAL_CACHE["DEFAULT"]``.
 
     ``tags`` is a list of strings or a callable taking the function's arguments and returning
     one. Arguments must be JSON-serialisable (others are keyed by ``str()``). Stores through
@@ -92,7 +97,9 @@ def cached(
                 async def compute() -> Any:
                     return await func(*args, **kwargs)
 
-                return await tagged_cache.aget_or_set(key, compute, tags=tag_list, timeout=timeout)
+                return await tagged_cache.aget_or_set(
+                    key, compute, tags=tag_list, timeout=timeout, local=local
+                )
 
             return async_wrapper  # type: ignore[return-value]
 
@@ -100,7 +107,7 @@ def cached(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             key, tag_list = key_and_tags(args, kwargs)
             return tagged_cache.get_or_set(
-                key, lambda: func(*args, **kwargs), tags=tag_list, timeout=timeout
+                key, lambda: func(*args, **kwargs), tags=tag_list, timeout=timeout, local=local
             )
 
         return wrapper  # type: ignore[return-value]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 
-from . import dedup, metrics, signals, storm
+from . import dedup, metrics, metricstore, signals, storm
 from .bookkeeping import Bookkeeping
+from .conf import get_config
 from .events import InvalidationEvent, union
 from .logfields import log_extra
 from .tagging import TaggedCache
@@ -25,6 +27,7 @@ def apply_events(
     done: set[str] | None = None,
     published: bool = False,
     forget: Sequence[str] = (),
+    mark: bool = True,
 ) -> int:
     """Invalidate the events' tags and keys (or the given remainder) in one atomic call.
 
@@ -33,7 +36,9 @@ def apply_events(
     caller already knows were applied (``set()`` for a batch made in this process: nothing to
     look up). With ``published``, the events also count as published (``sync``: applied where
     they were made). ``forget`` names cache keys to delete once applied (a message's delivery
-    counter). On Redis all that bookkeeping rides in the invalidation's script call.
+    counter). On Redis all that bookkeeping rides in the invalidation's script call. With
+    ``mark=False`` the ids are not marked applied: for a batch that can never be delivered
+    again (``sync``: applied where it was made, once).
 
     Returns the number of entries deleted; raises whatever the cache raised
     (``PartialInvalidation`` says what is left), so the caller decides between retrying and
@@ -52,15 +57,36 @@ def apply_events(
         )
     now = time.time()
     fields = metrics.applied_fields(fresh, now, skipped, published=published)
-    book = Bookkeeping(deletes=list(forget), counters=metrics.bucket_writes(fields, now))
+    alias = get_config()["CACHE_ALIAS"]
     if events and not fresh and not drains:  # nothing to invalidate: count the duplicates
-        TaggedCache().invalidate_many((), (), bookkeeping=book)
+        metricstore.add(alias, fields, now)
+        if forget:
+            TaggedCache().invalidate_many((), (), bookkeeping=Bookkeeping(deletes=list(forget)))
         return 0
+    # What this process counted before rides in the script call once writing it is due (see
+    # metricstore). A batch that can be delivered again counts itself in the same call, atomic
+    # with its marks: a retry after a lost reply then finds it counted exactly once. A batch
+    # that cannot (sync) joins the aggregate once applied.
+    taken = metricstore.take(alias) or {}
+    carried = {key: Counter(counts) for key, counts in taken.items()}
+    if mark:
+        carried.setdefault((alias, int(now // metricstore.MINUTE)), Counter()).update(fields)
+    book = Bookkeeping(deletes=list(forget), counters=metricstore.bucket_writes(carried, alias))
     if tags is None or keys is None:
         tags, keys = union(storm.control(fresh, book))
-    book.marks = dedup.marks(e.id for e in fresh)
+    if mark:
+        book.marks = dedup.marks(e.id for e in fresh)
     started = time.monotonic()
-    deleted = TaggedCache().invalidate_many(tags, keys, drains=drains, bookkeeping=book)
+    try:
+        deleted = TaggedCache().invalidate_many(tags, keys, drains=drains, bookkeeping=book)
+    except BaseException:
+        if taken and not book.written:  # the call that carried them did not run (or its
+            metricstore.restore(taken)  # reply was lost: see metricstore)
+        if book.written and not mark:  # the last call ran; a drain after it failed
+            metricstore.add(alias, fields, now)
+        raise
+    if not mark:
+        metricstore.add(alias, fields, now)
     duration = time.monotonic() - started
     storm.learn(book)
     if logger.isEnabledFor(logging.DEBUG):  # the extra fields cost more than the call

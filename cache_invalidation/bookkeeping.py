@@ -39,6 +39,10 @@ class Bookkeeping:
     deletes: list[str] = field(default_factory=list)
     #: after the write: the total of each of :attr:`rates`, in order (None where unknown)
     totals: list[int | None] = field(default_factory=list)
+    #: what a backend's own write of this raised (see :meth:`failed`)
+    error: BaseException | None = None
+    #: whether it was written (by a script call, or on its own)
+    written: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.marks or self.counters or self.rates or self.deletes)
@@ -64,12 +68,14 @@ class Bookkeeping:
 
     def script_result(self, totals: Any) -> None:
         """Take the rate totals the script returned."""
+        self.written = True
         self.totals = [None if t is False or t is None else int(t) for t in (totals or [])]
 
     # -- anywhere else -----------------------------------------------------------------------
     def failed(self, exc: BaseException, what: str = "bookkeeping") -> None:
         """A backend could not write this: the totals are unknown; logged at DEBUG."""
         self.totals = [None] * len(self.rates)
+        self.error = exc
         logger.debug(
             "cache_invalidation: %s not recorded: %s", what, exc, extra=log_extra(stage="metrics")
         )
@@ -78,6 +84,7 @@ class Bookkeeping:
         """Run everything through the Django cache API (several calls; any backend). Raises
         what the cache raises; backends call it (see ``Backend.write_bookkeeping``)."""
         self._write_generic(cache)
+        self.written = True
 
     def _write_generic(self, cache: Any) -> None:
         # One key per hash field: other backends have no hashes (metrics reads this layout).
@@ -114,8 +121,9 @@ for i, op in ipairs(ops) do
     for f = 3, #op, 2 do redis.pcall('HINCRBY', key, op[f], op[f + 1]) end
     redis.pcall('EXPIRE', key, op[2])
   elseif kind == 'incr' then
-    redis.pcall('SET', key, '0', 'EX', op[2], 'NX')
+    -- A total equal to this amount means the key was just created: give it its lifetime.
     local total = redis.pcall('INCRBY', key, op[3])
+    if total == op[3] then redis.pcall('EXPIRE', key, op[2]) end
     if type(total) == 'number' then totals[#totals + 1] = total else totals[#totals + 1] = false end
   elseif kind == 'del' then
     redis.pcall('DEL', key)

@@ -30,9 +30,11 @@ per call with ``capture=False``. Tables of undeclared models are not tracked.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from django.db import connections, models
 from django.db.models.expressions import Col, RawSQL, Subquery
@@ -52,18 +54,28 @@ MAX_IN_VALUES = 50
 _active: ContextVar[tuple[set[str], ...]] = ContextVar("cache_invalidation_capture", default=())
 
 
-@contextmanager
-def capturing() -> Iterator[set[str]]:
-    """Collect the automatic tags of what the block reads into the yielded set."""
-    found: set[str] = set()
-    stack = _active.get()
-    token = _active.set((*stack, found))
-    try:
-        yield found
-    finally:
-        _active.reset(token)
-        for outer in stack:
+class _Capture:
+    """What :func:`capturing` returns: a class, not a generator, as it is entered on every miss."""
+
+    __slots__ = ("_found", "_outer", "_token")
+
+    def __enter__(self) -> set[str]:
+        found: set[str] = set()
+        outer = _active.get()
+        self._found, self._outer = found, outer
+        self._token = _active.set((*outer, found))
+        return found
+
+    def __exit__(self, *exc_info: object) -> None:
+        _active.reset(self._token)
+        found = self._found
+        for outer in self._outer:
             outer.update(found)
+
+
+def capturing() -> AbstractContextManager[set[str]]:
+    """Collect the automatic tags of what the block reads into the yielded set."""
+    return _Capture()
 
 
 def is_active() -> bool:
@@ -99,62 +111,111 @@ def narrow_for(queryset: models.QuerySet) -> Narrow | None:
     """What a queryset of a declared model may record instead of its model's collection tag:
     the instance tags of the keys of a ``pk=``/``pk__in=`` lookup, or the foreign-key tags of
     :func:`foreign_key_condition`. None when the collection tag is what it depends on."""
-    model = queryset.model
     query = queryset.query
-    if query.combinator:
-        return None  # every part is a query of its own: the statement's tables decide
-    labels, rows_tables, own_table = _shape(model)
-    pks = _pk_lookup(query, model)
+    where = query.where
+    if not where.children or where.negated or where.connector != "AND" or query.combinator:
+        # No condition either kind of narrow could use; a combined query's parts are queries
+        # of their own: the statement's tables decide.
+        return None
+    model = queryset.model
+    shape = _shapes.get(model) or _shape(model)
+    pks = _pk_lookup(query, shape.pk_column)
     if pks is not None and not query.annotations:
-        return Narrow(rows_tables, [instance_tag(label, pk) for label in labels for pk in pks])
+        return Narrow(shape.row_tables, [instance_tag(lb, pk) for lb in shape.labels for pk in pks])
     condition = foreign_key_condition(queryset)
     if condition is None:
         return None
     attname, texts = condition
-    return Narrow(own_table, [foreign_key_tag(labels[0], attname, text) for text in texts])
+    label = shape.labels[0]
+    return Narrow(shape.own_table, [foreign_key_tag(label, attname, text) for text in texts])
 
 
-_Shape = tuple[tuple[str, ...], frozenset[str], frozenset[str]]
+class _Key:
+    """A foreign key of a model's own table, and whether the database compares its values as
+    the tags spell them (exact text): ``"always"``, ``"never"``, or ``"text"`` (a key compared
+    as text, plain equality on SQLite and PostgreSQL under the default collation)."""
+
+    __slots__ = ("equality", "field", "integer")
+
+    def __init__(self, field: models.Field) -> None:
+        self.field = field
+        target: Any = field.target_field  # type: ignore[attr-defined]
+        self.integer = isinstance(target, (models.IntegerField, models.AutoField))
+        if self.integer or isinstance(target, models.UUIDField):
+            self.equality = "always"
+        elif isinstance(target, (models.CharField, models.TextField)):
+            self.equality = "never" if getattr(target, "db_collation", None) else "text"
+        else:
+            self.equality = "never"
+
+
+class _Shape:
+    """What capture needs of a model, fixed once the models are loaded: its labels, the tables
+    one of its rows lives in (its own and its concrete parents'), its own table, and the
+    foreign keys and one-to-ones of its own table by attname."""
+
+    __slots__ = ("keys", "labels", "own_table", "pk_column", "row_tables", "table")
+
+    def __init__(self, model: type[models.Model]) -> None:
+        concrete = model._meta.concrete_model or model
+        parents = concrete._meta.get_parent_list()
+        self.labels = auto_labels(model)
+        self.pk_column = model._meta.pk.column if model._meta.pk is not None else None
+        self.row_tables = frozenset(m._meta.db_table for m in (concrete, *parents))
+        self.table = concrete._meta.db_table
+        self.own_table = frozenset([self.table])
+        self.keys = {
+            f.attname: _Key(f)
+            for f in concrete._meta.local_concrete_fields
+            if f.is_relation and (f.many_to_one or f.one_to_one)
+        }
+
+
 _shapes: dict[type[models.Model], _Shape] = {}
 
 
 def _shape(model: type[models.Model]) -> _Shape:
-    """A model's labels, the tables one of its rows lives in (its own and its concrete
-    parents'), and its own table: fixed once the models are loaded."""
     found = _shapes.get(model)
     if found is None:
-        concrete = model._meta.concrete_model or model
-        parents = concrete._meta.get_parent_list()
-        tables = frozenset(m._meta.db_table for m in (concrete, *parents))
-        found = _shapes[model] = (auto_labels(model), tables, frozenset([concrete._meta.db_table]))
+        found = _shapes[model] = _Shape(model)
     return found
 
 
 def narrowed(queryset: models.QuerySet, call: Callable[[], Any]) -> Any:
     """Run ``call`` (which sends ``queryset``'s statement) with its narrow tags pending."""
-    token = _narrow.set(narrow_for(queryset))
+    narrow = narrow_for(queryset)
+    if narrow is None and _narrow.get() is None:
+        return call()  # nothing was pending, nothing to make pending
+    token = _narrow.set(narrow)
     try:
         return call()
     finally:
         _narrow.reset(token)
 
 
-def statement_tags(sql: str) -> list[str]:
-    """The tags a statement sent while capturing records (and the narrow it consumes)."""
-    index = table_index()
-    tables = index.tables(sql)
+def record_statement(found: set[str], sql: str) -> None:
+    """Add to ``found`` the tags a statement sent while capturing records, consuming the
+    pending narrow (it is for the queryset's own statement, not for what follows it)."""
+    index = _index
+    if index is None or index[0] is not registry.policies:
+        index = _build_index()
+    statement = index[1].statement(sql)
     narrow = _narrow.get()
     if narrow is not None:
-        _narrow.set(None)  # only the queryset's own statement, not what follows it
-        if all(index.sources(sql, t) == 1 for t in narrow.covers & tables):
-            return [*narrow.tags, *index.tags(tables - narrow.covers)]
-    return index.tags(tables)
+        _narrow.set(None)
+        others = statement.outside(narrow.covers)
+        if others is not None:
+            found.update(narrow.tags)
+            found.update(others)
+            return
+    found.update(statement.tags)
 
 
 def on_execute(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
     """Execute wrapper on every connection: while capturing, the statement's tables count."""
-    if _active.get():
-        record(statement_tags(sql))
+    stack = _active.get()
+    if stack:
+        record_statement(stack[-1], sql)
     return execute(sql, params, many, context)
 
 
@@ -172,11 +233,17 @@ _index: tuple[Any, TableIndex] | None = None
 
 def table_index() -> TableIndex:
     """The table index of the current registry (rebuilt when its policies are replaced)."""
+    index = _index
+    if index is None or index[0] is not registry.policies:
+        index = _build_index()
+    return index[1]
+
+
+def _build_index() -> tuple[Any, TableIndex]:
     global _index
     policies = registry.policies
-    if _index is None or _index[0] is not policies:
-        _index = (policies, tables.build(policies))
-    return _index[1]
+    _index = (policies, tables.build(policies))
+    return _index
 
 
 def foreign_key_condition(queryset: models.QuerySet) -> tuple[str, list[str]] | None:
@@ -196,12 +263,12 @@ def foreign_key_condition(queryset: models.QuerySet) -> tuple[str, list[str]] | 
     """
     model = queryset.model
     query = queryset.query
-    concrete = model._meta.concrete_model or model
     where = query.where
+    children = where.children
     if (
         where.negated
         or where.connector != "AND"
-        or not where.children
+        or not children
         or query.combinator
         or query.extra
         or query.extra_tables
@@ -209,56 +276,73 @@ def foreign_key_condition(queryset: models.QuerySet) -> tuple[str, list[str]] | 
         or not query.alias_map
     ):
         return None
-    base = next(iter(query.alias_map))
-    table = concrete._meta.db_table
-    if query.alias_map[base].table_name != table:
+    shape = _shapes.get(model) or _shape(model)
+    keys = shape.keys
+    if not keys:
         return None
-    for alias, entry in query.alias_map.items():
+    alias_map = query.alias_map
+    base = next(iter(alias_map))
+    table = shape.table
+    if alias_map[base].table_name != table:
+        return None
+    for alias, entry in alias_map.items():
         if query.alias_refcount.get(alias, 0) <= 0:
             continue
         if getattr(entry, "filtered_relation", None) is not None:
             return None
         if alias != base and entry.table_name == table:
             return None  # a self-join: the result depends on other rows of the table
-    keys = _foreign_keys(concrete)
-    if not keys:
-        return None
-    vendor = connections[queryset.db].vendor
+    # A WHERE made of column-to-value comparisons needs neither the walk into nested groups
+    # nor the one through every expression (the costly part).
+    plain = all(map(_plain, children))
+    vendor: str | None = None
     found: list[tuple[int, str, list[str]]] = []
-    for lookup in _anded(where):
+    for lookup in children if plain else _anded(where):
+        if not isinstance(lookup, (Exact, In)):
+            continue
         lhs = lookup.lhs
         target = getattr(lhs, "target", None)
         if not isinstance(lhs, Col) or lhs.alias != base or target is None:
             continue
-        f = keys.get(getattr(target, "attname", ""))
-        if f is not target or not _plain_equality(f, vendor):
+        key = keys.get(getattr(target, "attname", ""))
+        if key is None or key.field is not target or key.equality == "never":
             continue
-        texts = _texts(f, lookup)
+        if key.equality == "text":
+            if vendor is None:
+                vendor = connections[queryset.db].vendor
+            if vendor not in ("sqlite", "postgresql"):
+                continue
+        rhs = lookup.rhs
+        if key.integer and type(rhs) is int and isinstance(lookup, Exact):
+            texts: list[str] | None = [str(rhs)]  # what key_text makes of it, sooner
+        else:
+            texts = _texts(key.field, lookup)
         if texts:
-            found.append((len(texts), f.attname, texts))
+            found.append((len(texts), key.field.attname, texts))
     if not found:
         return None
-    # Only now the walk through every condition and expression (the costly part).
-    ordering = [o for o in query.order_by if not isinstance(o, str)]
-    if _unsafe(where) or any(_unsafe(e) for e in (*query.annotations.values(), *ordering)):
+    if not plain and _unsafe(where):
         return None
-    _, attname, texts = min(found)
+    if query.annotations or query.order_by:
+        ordering = [o for o in query.order_by if not isinstance(o, str)]
+        if any(_unsafe(e) for e in (*query.annotations.values(), *ordering)):
+            return None
+    _, attname, texts = min(found) if len(found) > 1 else found[0]
     return attname, texts
 
 
-_keys_of: dict[type[models.Model], dict[str, models.Field]] = {}
+_PLAIN_VALUES = frozenset({int, str, bool, float, type(None), Decimal, UUID})
 
 
-def _foreign_keys(concrete: type[models.Model]) -> dict[str, models.Field]:
-    """attname -> field of the model's own foreign keys and one-to-ones (its own table's)."""
-    keys = _keys_of.get(concrete)
-    if keys is None:
-        keys = _keys_of[concrete] = {
-            f.attname: f
-            for f in concrete._meta.local_concrete_fields
-            if f.is_relation and (f.many_to_one or f.one_to_one)
-        }
-    return keys
+def _plain(node: Any) -> bool:
+    """Whether ``node`` compares a column of the row to plain values, so that :func:`_unsafe`
+    would find nothing in it; False when not sure (then :func:`_unsafe` looks)."""
+    if not isinstance(node, Lookup) or type(node.lhs) is not Col:
+        return False
+    rhs = node.rhs
+    if type(rhs) in _PLAIN_VALUES:
+        return True
+    return type(rhs) in (list, tuple) and all(type(v) in _PLAIN_VALUES for v in rhs)
 
 
 def _anded(node: WhereNode) -> Iterator[Lookup]:
@@ -287,16 +371,6 @@ def _texts(f: models.Field, lookup: Lookup) -> list[str] | None:
     return sorted(dict.fromkeys(t for t in texts if t is not None))
 
 
-def _plain_equality(f: models.Field, vendor: str) -> bool:
-    """Whether the database compares this key's values as the tags do (exact text)."""
-    target: Any = f.target_field  # type: ignore[attr-defined]
-    if isinstance(target, (models.IntegerField, models.AutoField, models.UUIDField)):
-        return True
-    if isinstance(target, (models.CharField, models.TextField)):
-        return vendor in ("sqlite", "postgresql") and not getattr(target, "db_collation", None)
-    return False
-
-
 def _unsafe(node: Any) -> bool:
     """Whether ``node`` (a condition or expression) may read rows other than the row tested:
     a subquery, raw SQL, or anything this module does not know how to look into."""
@@ -315,23 +389,22 @@ def _unsafe(node: Any) -> bool:
     return hasattr(node, "as_sql") or hasattr(node, "resolve_expression")
 
 
-def _pk_lookup(query: Any, model: type[models.Model]) -> list[Any] | None:
-    """The keys asked for, if the query's only condition is ``pk=`` / ``pk__in=``."""
-    where = query.where
-    if where.negated or where.connector != "AND" or not where.children:
-        return None
-    pk_column = model._meta.pk.column
-    base = query.get_initial_alias() if not query.alias_map else next(iter(query.alias_map))
+def _pk_lookup(query: Any, pk_column: str | None) -> list[Any] | None:
+    """The keys asked for, if the query's only conditions (ANDed, the caller checked) are
+    ``pk=`` / ``pk__in=``."""
+    alias_map = query.alias_map
+    base = next(iter(alias_map)) if alias_map else query.get_initial_alias()
     keys: list[Any] | None = None
-    for child in where.children:
+    for child in query.where.children:
         if not isinstance(child, (Exact, In)):
             return None
         lhs = child.lhs
         if getattr(getattr(lhs, "target", None), "column", None) != pk_column:
             return None
-        if getattr(lhs, "alias", None) != base or hasattr(child.rhs, "resolve_expression"):
+        rhs = child.rhs
+        if getattr(lhs, "alias", None) != base or hasattr(rhs, "resolve_expression"):
             return None
-        values = list(child.rhs) if isinstance(child, In) else [child.rhs]
+        values = list(rhs) if isinstance(child, In) else [rhs]
         keys = values if keys is None else [v for v in keys if v in values]
     return keys
 

@@ -11,6 +11,9 @@ per-process cache with a transport that applies in another process, ``W003`` a `
 ``W004`` plain ``cache.set()`` entries (declared keys) outlive ``MAX_TTL``.
 The server: ``W005`` the cache's Redis may evict the tag index (``maxmemory-policy`` other than
 ``noeviction``), checked only where ``INFO`` answers within half a second at startup.
+The local cache: ``E015`` ``LOCAL_CACHE`` is malformed (not a dict, an unknown key, a bad
+value), ``E016`` ``LOCAL_CACHE`` is on but the cache cannot announce invalidations (not
+django-redis: no Pub/Sub).
 Change data capture: see :mod:`.changechecks` (``W010`` to ``W012``).
 """
 
@@ -193,6 +196,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
         errors.extend(_check_cache_backend(alias, caches[alias], config))
+        errors.extend(_check_local_cache(alias, caches[alias], config.get("LOCAL_CACHE")))
     errors.extend(_check_visibility_timeout(config))
     transport = config["TRANSPORT"]
     if transport is not None and transport not in TRANSPORTS:
@@ -312,6 +316,62 @@ def _check_cache_backend(
             )
         )
     out.extend(_check_default_timeout(alias, cache, config))
+    return out
+
+
+_LOCAL_KEYS = {
+    "MAX_ENTRIES": ("a positive integer", lambda v: isinstance(v, int) and v > 0),
+    "MAX_AGE": ("a positive number of seconds", lambda v: isinstance(v, (int, float)) and v > 0),
+    "HEARTBEAT": ("a positive number of seconds", lambda v: isinstance(v, (int, float)) and v > 0),
+    "DEFAULT": ("True or False", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_local_cache(alias: str, cache: dict[str, Any], local: Any) -> list[checks.CheckMessage]:
+    """``E015``/``E016``: ``LOCAL_CACHE`` is well formed, and the cache can keep it coherent."""
+    if local is None:
+        return []
+    example = "{'MAX_ENTRIES': 10000, 'MAX_AGE': 60}"
+    if not isinstance(local, dict):
+        return [
+            checks.Error(
+                f"CACHE_INVALIDATION['LOCAL_CACHE'] must be None or a dict, not "
+                f"{type(local).__name__}.",
+                hint=f"For example {example}; every key is optional.",
+                id="cache_invalidation.E015",
+            )
+        ]
+    out: list[checks.CheckMessage] = []
+    for key, value in local.items():
+        if key not in _LOCAL_KEYS:
+            out.append(
+                checks.Error(
+                    f"CACHE_INVALIDATION['LOCAL_CACHE'] has an unknown key {key!r}.",
+                    hint="Known keys: " + ", ".join(_LOCAL_KEYS) + ".",
+                    id="cache_invalidation.E015",
+                )
+            )
+            continue
+        what, valid = _LOCAL_KEYS[key]
+        if (isinstance(value, bool) and key != "DEFAULT") or not valid(value):
+            out.append(
+                checks.Error(
+                    f"CACHE_INVALIDATION['LOCAL_CACHE'][{key!r}] must be {what}, got {value!r}.",
+                    hint=f"For example {example}.",
+                    id="cache_invalidation.E015",
+                )
+            )
+    if not _is(_backend_class(str(cache.get("BACKEND", ""))), "django_redis.cache.RedisCache"):
+        out.append(
+            checks.Error(
+                f"CACHE_INVALIDATION['LOCAL_CACHE'] is on, but the cache {alias!r} is a "
+                f"{cache.get('BACKEND')}: the local copies are kept coherent by Redis Pub/Sub "
+                "announcements of every invalidation, which this backend cannot send, so a "
+                "local copy would stay stale until MAX_AGE.",
+                hint="Use django-redis for CACHE_ALIAS, or set LOCAL_CACHE to None.",
+                id="cache_invalidation.E016",
+            )
+        )
     return out
 
 

@@ -83,9 +83,18 @@ DEFAULTS: dict[str, Any] = {
     # seconds (None: not checked; the slot is only looked at when one of them is set).
     "STATUS_MAX_SLOT_LAG": None,
     "STATUS_MAX_CHANGES_AGE": None,
+    # The local cache (L1) in each process, kept coherent by Redis Pub/Sub (django-redis
+    # only): None is off; a dict {"MAX_ENTRIES": 10000, "MAX_AGE": 60, "HEARTBEAT": 1.0,
+    # "DEFAULT": False} (every key optional) turns it on for get_or_set(local=True), and for
+    # every call when DEFAULT is True.
+    "LOCAL_CACHE": None,
     # A bearer token that lets a Prometheus scraper read cache_invalidation.views.metrics_view
     # (staff users may always read it); None: staff only.
     "METRICS_TOKEN": None,
+    # Metric counts are aggregated in each process and written at most this many seconds
+    # after they happened, with a later invalidation's script call or by a timer (0: with
+    # every batch, as its own write). A process killed outright loses at most this much.
+    "METRICS_FLUSH_INTERVAL": 1.0,
 }
 
 TRANSPORTS = ("sync", "celery", "outbox")

@@ -95,6 +95,7 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
         metrics_problem = metrics_problem or str(snapshot.get("error") or "not available")
     dead, outbox, index = (_mapping(status.get(k)) for k in ("dead_letters", "outbox", "index"))
     changes = _mapping(status.get("changes"))
+    local = _mapping(status.get("local"))
     return {
         "available": bool(status),
         "problem": status_problem,
@@ -111,6 +112,11 @@ def context(*, scan_index: bool = False, recent: int = 50) -> dict[str, Any]:
         "changes_lag_bytes": changes.get("lag_bytes"),
         "changes_lag_seconds": changes.get("lag_seconds"),
         "changes_heartbeat_age": changes.get("heartbeat_age"),
+        "local_used": bool(local.get("used")),
+        "local_subscribers": local.get("subscribers"),
+        "local_hit_rate": local.get("hit_rate"),
+        "local_flushes": sorted(_mapping(local.get("flushes")).items()),
+        "local_error": local.get("error") or "",
         "index_scanned": bool(index.get("scanned")),
         "index": [(name, index.get(name)) for name in INDEX_FIELDS if name in index],
         "index_error": index.get("error") or "",

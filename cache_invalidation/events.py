@@ -215,6 +215,17 @@ def encoded_size(event: InvalidationEvent) -> int:
     return len(text.encode("utf-8"))
 
 
+def _size_bound(event: InvalidationEvent) -> float:
+    """An upper bound of :func:`encoded_size` without encoding (inf with metadata): a character
+    takes at most 6 bytes (``\\u00XX``), each string 3 more (quotes, comma), the rest of
+    the document under 300."""
+    if event.metadata:
+        return float("inf")
+    strings = (*event.tags, *event.keys, *event.changed_fields)
+    texts = (event.id, event.type, event.entity_type, str(event.entity_id), event.correlation_id)
+    return 300 + sum(6 * len(t) + 3 for t in strings) + sum(6 * len(t) for t in texts)
+
+
 def split_oversized(event: InvalidationEvent, max_bytes: int) -> list[InvalidationEvent]:
     """``event`` as parts of at most ``max_bytes`` each, its tags and keys spread over them.
 
@@ -222,7 +233,7 @@ def split_oversized(event: InvalidationEvent, max_bytes: int) -> list[Invalidati
     50,000 rows) is never refused by the worker's size limit. Parts get ids ``<id>.<n>``. A
     single tag or key too large for any part stays oversized, and the worker dead-letters it.
     """
-    if encoded_size(event) <= max_bytes:
+    if _size_bound(event) <= max_bytes or encoded_size(event) <= max_bytes:
         return [event]
     base = replace(event, tags=(), keys=())
     room = max_bytes - encoded_size(replace(base, id=f"{event.id}.000000")) - 16

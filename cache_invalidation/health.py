@@ -38,7 +38,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from . import __version__, metrics, outbox, replication
+from . import __version__, localcache, metrics, outbox, replication
 from .backends import backend_for
 
 # Re-exported: the eviction rules are documented under this module.
@@ -293,6 +293,39 @@ def changes() -> dict[str, Any]:
     return result
 
 
+def local_cache() -> dict[str, Any]:
+    """The local caches (L1) of every process: subscribers now, and the shared counts.
+
+    ``{"used": False}`` when ``LOCAL_CACHE`` is off; else ``{"used": True, "subscribers": n,
+    "hits": n, "misses": n, "hit_rate": 0.93 | None, "flushes": {cause: n}, "counts": {...},
+    "error": None}`` (``subscribers`` is ``PUBSUB NUMSUB`` of the announcement channel: one
+    per live process; the counts are written by each process every few seconds).
+    """
+    if get_config().get("LOCAL_CACHE") is None:
+        return {"used": False}
+    found: dict[str, Any] = {"used": True, "subscribers": None, "error": None}
+    try:
+        backend: Any = backend_for(str(get_config()["CACHE_ALIAS"]))
+        found["subscribers"] = backend.subscribers()
+        counts = backend.read_counts(localcache.STATS_KEY)
+    except Exception as exc:  # a status never raises
+        found["error"] = _error(exc)
+        counts = {}
+    hits, misses = counts.get("hit", 0), counts.get("miss", 0) + counts.get("bypass", 0)
+    found.update(
+        hits=hits,
+        misses=misses,
+        hit_rate=round(hits / (hits + misses), 4) if hits + misses else None,
+        flushes={
+            cause: counts["flush:" + cause]
+            for cause in localcache.CAUSES
+            if counts.get("flush:" + cause)
+        },
+        counts=counts,
+    )
+    return found
+
+
 def index(scan: bool = False) -> dict[str, Any]:
     """Tag-index size (``TaggedCache().index_stats()``) when ``scan``; the scan reads every tag
     set, so it is skipped unless asked for: ``{"scanned": False}``."""
@@ -343,6 +376,7 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
           "dead_letters": {"pending": 0, "oldest_age": None, "by_reason": {}, "error": None},
           "outbox": {"used": False, "rows": 0, "oldest_age": None, "error": None},
           "changes": {"used": False, ...} | {"used": True, "lag_bytes": n, ...},  # changes()
+          "local": {"used": False} | {"used": True, "subscribers": n, ...},  # local_cache()
           "index": {"scanned": False} | {"scanned": True, "tag_sets": n, "members": n, ...},
           "metrics": metrics.snapshot(),
           "limits": {"STATUS_MAX_DLQ": 0, "STATUS_MAX_OUTBOX_AGE": 300, ...},
@@ -367,6 +401,9 @@ def status(*, include_index: bool = False, using: str | None = None) -> dict[str
         "dead_letters": dead_letters(using),
         "outbox": outbox_backlog(using),
         "changes": changes(),
+        "local": local_cache()
+        if cache["ok"]
+        else {"used": get_config().get("LOCAL_CACHE") is not None, "error": "not read"},
         # Without the cache, the scan and the snapshot would each wait for their own timeouts.
         "index": index(include_index and cache["ok"]),
         "metrics": metrics.snapshot()

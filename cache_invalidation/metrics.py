@@ -18,10 +18,11 @@ Layout on django-redis (names through the cache's ``make_key``): one hash per mi
 ``ci:stats:min:<minute>`` (kept 2 hours), one per hour ``ci:stats:hour:<hour>`` (kept 26
 hours) and one running total ``ci:stats:total`` (kept 7 days after its last write; the
 Prometheus counters come from it). Fields are ``"<model>|<counter>"``, ``"~lag|<bucket
-index>"`` and ``"~lag|sum"`` (milliseconds). Recording a batch is **one pipelined round trip**
-(``HINCRBY`` and ``EXPIRE`` only, no transaction), and an applied batch's counts cost none:
-they are written by the invalidation's own script call (:mod:`.bookkeeping`). Reading a
-snapshot is one pipelined round trip of 84 ``HGETALL``.
+index>"`` and ``"~lag|sum"`` (milliseconds). Counts are aggregated in the process and written
+together, with a later invalidation's own script call or by a timer, at most
+``METRICS_FLUSH_INTERVAL`` seconds after they happened, each in the bucket of its own minute
+(:mod:`.metricstore`, which also says what a crash loses). Reading flushes this process's
+aggregate first, then is one pipelined round trip of 84 ``HGETALL``.
 
 On any other cache backend the store is best effort: one key per field and bucket, bumped with
 ``cache.add`` + ``cache.incr`` (several calls per batch, not atomic together), read with
@@ -38,11 +39,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from . import metricstore
 from .backends import backend_for
 from .bookkeeping import Bookkeeping
 from .conf import get_config
 from .events import InvalidationEvent
 from .logfields import log_extra
+from .metricstore import HOUR, MINUTE, PREFIX, TTL_HOUR, TTL_MINUTE, TTL_TOTAL
 from .registry import registry
 
 logger = logging.getLogger("cache_invalidation")
@@ -54,12 +57,7 @@ LAG_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30
 
 MANUAL = "manual"
 UNKNOWN = "unknown"
-PREFIX = "ci:stats:"
-MINUTE, HOUR = 60, 3600
 HOUR_BUCKETS, DAY_BUCKETS = 60, 24  # minute buckets in "hour", hour buckets in "day"
-TTL_MINUTE = 2 * HOUR
-TTL_HOUR = (DAY_BUCKETS + 2) * HOUR
-TTL_TOTAL = 7 * 24 * HOUR
 LAG = "~lag"
 
 
@@ -175,19 +173,30 @@ def bucket_writes(fields: Counter[str], now: float) -> list[tuple[str, int, dict
 
 
 def _write(fields: Counter[str], now: float | None = None) -> None:
-    """Add ``fields`` to the minute, hour and total buckets: one pipeline on django-redis."""
+    """Add ``fields`` to the minute, hour and total buckets: aggregated in the process
+    (:mod:`.metricstore`), or at once (one pipeline on django-redis) with
+    ``METRICS_FLUSH_INTERVAL = 0``."""
 
     if not fields:
         return
+    now = time.time() if now is None else now
     try:
-        backend = backend_for(get_config()["CACHE_ALIAS"])
+        alias = get_config()["CACHE_ALIAS"]
+        if metricstore.interval() > 0:
+            metricstore.add(alias, fields, now)
+            return
+        backend = backend_for(alias)
     except Exception as exc:  # counting must never break the work it counts
         logger.debug(
             "cache_invalidation: metrics not recorded: %s", exc, extra=log_extra(stage="metrics")
         )
         return
-    counters = bucket_writes(fields, time.time() if now is None else now)
-    backend.write_bookkeeping(Bookkeeping(counters=counters), "metrics")
+    backend.write_bookkeeping(Bookkeeping(counters=bucket_writes(fields, now)), "metrics")
+
+
+def flush() -> None:
+    """Write this process's unwritten counts now (see :mod:`.metricstore`). Never raises."""
+    metricstore.flush()
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -374,8 +383,10 @@ def _lag(hashes: Iterable[dict[str, int]]) -> tuple[list[int], int]:
 
 
 def _read_buckets(names: list[str]) -> list[dict[str, int]]:
-    """The fields of each bucket, in order (empty when absent). Raises on cache errors."""
+    """The fields of each bucket, in order (empty when absent), this process's own unwritten
+    counts included (they are written first). Raises on cache errors."""
 
+    metricstore.flush()
     return backend_for(get_config()["CACHE_ALIAS"]).read_counters(names, _candidate_fields)
 
 

@@ -42,21 +42,28 @@ class TableIndex:
         self._odd = tuple(n for n in self._by_lower if n not in self._known)
         self._sources: dict[str, re.Pattern[str]] = {}
         # Statements repeat (parameters travel apart from the SQL): remember what each named.
-        self._seen: dict[str, frozenset[str]] = {}
+        self._seen: dict[str, Statement] = {}
         self._counted: dict[tuple[str, str], int] = {}
+
+    def statement(self, sql: str) -> Statement:
+        """What ``sql`` names, worked out on its first sighting (at most
+        :data:`SEEN_STATEMENTS` remembered: a process with many shapes starts over)."""
+        found = self._seen.get(sql)
+        if found is None:
+            if len(self._seen) >= SEEN_STATEMENTS:
+                self._seen.clear()
+            found = self._seen[sql] = Statement(self, sql, self._scan(sql))
+        return found
 
     def tables(self, sql: str) -> frozenset[str]:
         """The declared tables ``sql`` names (bare, "quoted", `backticked` or [bracketed])."""
-        tables = self._seen.get(sql)
-        if tables is None:
-            low = sql.lower()
-            found = set(self._known.intersection(_WORD.findall(low)))
-            found.update(name for name in self._odd if name in low)
-            tables = frozenset(self._by_lower[name] for name in found)
-            if len(self._seen) >= SEEN_STATEMENTS:
-                self._seen.clear()  # bounded: a process with many shapes starts over
-            self._seen[sql] = tables
-        return tables
+        return self.statement(sql).tables
+
+    def _scan(self, sql: str) -> frozenset[str]:
+        low = sql.lower()
+        found = set(self._known.intersection(_WORD.findall(low)))
+        found.update(name for name in self._odd if name in low)
+        return frozenset(self._by_lower[name] for name in found)
 
     def sources(self, sql: str, table: str) -> int:
         """How often ``sql`` names ``table`` as a row source (in ``FROM``/``JOIN``, a
@@ -74,11 +81,37 @@ class TableIndex:
             self._counted[(sql, table)] = count
         return count
 
-    def tags(self, tables: Iterable[str]) -> list[str]:
+    def tags(self, tables: Iterable[str]) -> tuple[str, ...]:
         found: dict[str, None] = {}
         for table in tables:
             found.update(dict.fromkeys(self.tags_by_table.get(table, ())))
-        return list(found)
+        return tuple(found)
+
+
+class Statement:
+    """One statement's declared tables and their collection tags, and, per set of tables a
+    narrow covers, the tags of the others (see :meth:`outside`): worked out once a text."""
+
+    __slots__ = ("_index", "_outside", "_sql", "tables", "tags")
+
+    def __init__(self, index: TableIndex, sql: str, tables: frozenset[str]) -> None:
+        self._index, self._sql = index, sql
+        self.tables = tables
+        self.tags = index.tags(tables)
+        self._outside: dict[frozenset[str], tuple[str, ...] | None] = {}
+
+    def outside(self, covers: frozenset[str]) -> tuple[str, ...] | None:
+        """The collection tags of the statement's tables other than ``covers``, if each of
+        ``covers`` it names is a row source exactly once in it; None otherwise (then tags
+        narrower than a covered table's collection tag would not stand for what it read)."""
+        try:
+            return self._outside[covers]
+        except KeyError:
+            pass
+        index, sql, tables = self._index, self._sql, self.tables
+        once = all(index.sources(sql, t) == 1 for t in covers & tables)
+        found = self._outside[covers] = index.tags(tables - covers) if once else None
+        return found
 
 
 def build(policy_models: Iterable[type[models.Model]]) -> TableIndex:

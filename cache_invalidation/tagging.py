@@ -20,7 +20,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from . import pending, recorder
+from . import localcache, pending, recorder
 from .backends import MISSING, Backend, Lookup, backend_for
 from .bookkeeping import Bookkeeping
 from .capture import capturing, is_active, record
@@ -130,6 +130,7 @@ class TaggedCache:
         capture: bool = True,
         stale_while_revalidate: bool = False,
         lease: bool = True,
+        local: bool | None = None,
     ) -> Any:
         """Return the cached value, or compute ``default`` (a callable, or a value) and store it.
 
@@ -144,9 +145,23 @@ class TaggedCache:
           return at once the last value stored under this key (kept ``STALE_TTL`` seconds
           longer, even across invalidations) when there is one.
 
-        A hit costs one round trip (a plain ``GET`` on Redis). An exception from ``default``
-        propagates; nothing is stored.
+        - **Local copy** (``local=True``, or ``LOCAL_CACHE["DEFAULT"]`` when ``local`` is not
+          given): served from this process's memory when it holds the entry, kept coherent by
+          the invalidation announcements (see :mod:`.localcache`).
+
+        A hit costs one round trip (a plain ``GET`` on Redis), a local hit none. An exception
+        from ``default`` propagates; nothing is stored.
         """
+        if local or (local is None and localcache.default_local()):
+            local_cache = localcache.local_for(self.alias)
+            entry = local_cache.get(key)
+            if entry is not None:  # a local hit: no round trip
+                return self._local_hit(key, entry, tags)
+            return self._get_or_set_local(
+                local_cache, key, default, tags, timeout, capture, stale_while_revalidate, lease
+            )
+        if localcache._served.get():  # served_locally() answers for the last call, any call
+            localcache._served.set(False)
         tag_list = _tags(tags)
 
         nested = is_active()
@@ -155,6 +170,61 @@ class TaggedCache:
         found = backend.peek(key, want_tags)  # a hit: one GET, nothing else
         if found.value is not MISSING:
             return self._hit(key, found, tag_list, nested)
+        return self._miss(key, default, tag_list, timeout, capture, stale_while_revalidate, lease)
+
+    def _local_hit(self, key: str, entry: localcache.Entry, tags: Sequence[str] | None) -> Any:
+        localcache._served.set(True)
+        if is_active() or recorder.current() is not None:
+            found = Lookup(entry.value(), 0, tags=list(entry.tags))
+            return self._hit(key, found, _tags(tags), is_active())
+        return entry.value()
+
+    def _get_or_set_local(
+        self,
+        local: localcache.LocalCache,
+        key: str,
+        default: Any,
+        tags: Sequence[str] | None,
+        timeout: int | None,
+        capture: bool,
+        stale_while_revalidate: bool,
+        lease: bool,
+    ) -> Any:
+        """A local miss: read Redis (keeping what it holds locally), or compute and store."""
+        localcache._served.set(False)
+        tag_list = _tags(tags)
+        backend = local.backend
+        mark = local.mark()  # before the read: what is announced after it refuses the fill
+        raw, stored_tags = backend.peek_raw(key)
+        if raw is not None:
+            local.fill(key, raw, stored_tags, mark, self._timeout(timeout))
+            found = Lookup(backend.decode(raw), 0, tags=stored_tags)
+            return self._hit(key, found, tag_list, is_active())
+        return self._miss(
+            key,
+            default,
+            tag_list,
+            timeout,
+            capture,
+            stale_while_revalidate,
+            lease,
+            (local, mark),
+        )
+
+    def _miss(
+        self,
+        key: str,
+        default: Any,
+        tag_list: list[str],
+        timeout: int | None,
+        capture: bool,
+        stale_while_revalidate: bool,
+        lease: bool,
+        local: tuple[localcache.LocalCache, localcache.Mark | None] | None = None,
+    ) -> Any:
+        nested = is_active()
+        want_tags = nested or recorder.current() is not None
+        backend = self.backend
         config = _config()
         token = uuid.uuid4().hex if lease else None
         deadline: float | None = None
@@ -176,6 +246,7 @@ class TaggedCache:
                     held,
                     capture,
                     stale_while_revalidate,
+                    local,
                 )
             if stale_while_revalidate and found.stale is not MISSING:
                 return found.stale
@@ -192,6 +263,7 @@ class TaggedCache:
                     None,
                     capture,
                     stale_while_revalidate,
+                    local,
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
@@ -212,6 +284,7 @@ class TaggedCache:
         lease: str | None,
         capture: bool,
         keep_stale: bool,
+        local: tuple[localcache.LocalCache, localcache.Mark | None] | None = None,
     ) -> Any:
         mark = pending.next_seq()
         try:
@@ -221,7 +294,9 @@ class TaggedCache:
             if lease:
                 self.backend.release(key, lease)
             raise
-        self._store_computed(key, value, tags, captured, timeout, since, lease, keep_stale, mark)
+        self._store_computed(
+            key, value, tags, captured, timeout, since, lease, keep_stale, mark, local
+        )
         record_outer(tags)
         return value
 
@@ -236,6 +311,7 @@ class TaggedCache:
         lease: str | None,
         keep_stale: bool,
         mark: int | None = None,
+        local: tuple[localcache.LocalCache, localcache.Mark | None] | None = None,
     ) -> bool:
         """Store a computed value, unless it may hold uncommitted rows (``mark``: see
         :func:`.pending.reads_uncommitted`); then it is only returned to its caller."""
@@ -249,6 +325,9 @@ class TaggedCache:
         stale_ttl = int(_config()["STALE_TTL"]) if keep_stale else 0
         ttl = self._timeout(timeout)
         stored = self.backend.store(key, value, all_tags, ttl, since, lease, stale_ttl)
+        if stored and local is not None:
+            cache, local_mark = local
+            cache.fill(key, cache.backend.encode(value), all_tags, local_mark, ttl)
         recorder.read(self, key, False, all_tags)
         recorder.write(self, key, all_tags, ttl, stored)
         return stored
@@ -304,9 +383,28 @@ class TaggedCache:
         capture: bool = True,
         stale_while_revalidate: bool = False,
         lease: bool = True,
+        local: bool | None = None,
     ) -> Any:
         """Like :meth:`get_or_set`; ``default`` may be a coroutine function, and waiting for
-        another caller's lease does not block the event loop."""
+        another caller's lease does not block the event loop. A local hit is answered on the
+        event loop itself (memory only)."""
+        local_args: tuple[localcache.LocalCache, localcache.Mark | None] | None = None
+        if local or (local is None and localcache.default_local()):
+            local_cache = localcache.local_for(self.alias)
+            entry = local_cache.get(key)
+            if entry is not None:
+                return self._local_hit(key, entry, tags)
+            localcache._served.set(False)
+            mark = local_cache.mark()
+            peek_raw = sync_to_async(local_cache.backend.peek_raw, thread_sensitive=False)
+            raw, stored_tags = await peek_raw(key)
+            if raw is not None:
+                local_cache.fill(key, raw, stored_tags, mark, self._timeout(timeout))
+                found_raw = Lookup(local_cache.backend.decode(raw), 0, tags=stored_tags)
+                return self._hit(key, found_raw, _tags(tags), is_active())
+            local_args = (local_cache, mark)
+        elif localcache._served.get():
+            localcache._served.set(False)
 
         tag_list = _tags(tags)
 
@@ -359,6 +457,8 @@ class TaggedCache:
                 found.since,
                 held,
                 stale_while_revalidate,
+                None,
+                local_args,
             )
             record(tag_list)
             return value

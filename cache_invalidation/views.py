@@ -180,6 +180,30 @@ class _Collector:
                 if value is not None:
                     yield GaugeMetricFamily(name, doc, value=value)
 
+        local = status.get("local") or {}
+        if local.get("used") and not local.get("error"):
+            yield GaugeMetricFamily(
+                "cache_invalidation_local_subscribers",
+                "Processes subscribed to the invalidation announcements (PUBSUB NUMSUB).",
+                value=local["subscribers"],
+            )
+            reads = CounterMetricFamily(
+                "cache_invalidation_local_reads",
+                "Reads of the local caches of every process, by result (miss includes bypass).",
+                labels=["result"],
+            )
+            reads.add_metric(["hit"], local["hits"])
+            reads.add_metric(["miss"], local["misses"])
+            yield reads
+            flushes = CounterMetricFamily(
+                "cache_invalidation_local_flushes",
+                "Local caches flushed, by cause (gap, epoch, disconnected, ping...).",
+                labels=["cause"],
+            )
+            for cause, count in sorted(local["flushes"].items()):
+                flushes.add_metric([cause], count)
+            yield flushes
+
         up = GaugeMetricFamily(
             "cache_invalidation_up", "1 when the check answered, else 0.", labels=["check"]
         )

@@ -8,7 +8,9 @@ The environment picks the services:
 ``REDIS_URL``
     Set (``redis://127.0.0.1:6379/0``): the cache is django-redis at that URL and Celery uses it
     as its broker (unless ``CELERY_BROKER_URL`` names another one), so invalidations travel
-    through Celery. Unset: an in-process LocMem cache and the ``sync`` transport.
+    through Celery; every cached read also keeps a local copy in the serving process
+    (``LOCAL_CACHE`` with ``DEFAULT`` on), which the invalidations' announcements drop. Unset:
+    an in-process LocMem cache, the ``sync`` transport and no local copies.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ if REDIS_URL:
         }
     }
     # A broker is configured, so CACHE_INVALIDATION["TRANSPORT"] resolves to "celery".
+    # Every get_or_set of the shop also keeps a local copy in this process (a page then
+    # reports X-Cache: hit-local); Redis Pub/Sub keeps the copies of every process coherent.
+    CACHE_INVALIDATION["LOCAL_CACHE"] = {"DEFAULT": True}
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
 else:
     CACHES = {

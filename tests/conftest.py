@@ -14,6 +14,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.core.cache import caches
+from django.db import OperationalError
 
 from cache_invalidation import signals
 
@@ -39,9 +40,10 @@ def _clean_caches(redis_client: redis.Redis) -> Iterator[None]:
     for start in range(0, len(keys), 500):
         redis_client.delete(*keys[start : start + 500])
     caches["locmem"].clear()
-    from cache_invalidation import storm
+    from cache_invalidation import metricstore, storm
 
     storm.forget_rates()  # what this process learned of the rate counts just deleted
+    metricstore.forget()  # what this process counted and had not written to them yet
 
 
 class Recorder:
@@ -98,10 +100,25 @@ def terminate(process: Any, timeout: float = 15) -> None:
         process.wait(timeout=timeout)
 
 
+def _holds(predicate: Any) -> bool:
+    """The predicate's answer; "not yet" while another thread holds the table it reads.
+
+    The SQLite test database is an in-memory database in shared-cache mode: while the
+    in-process worker's thread writes a table, a read of it from the test's thread fails at once
+    with "database table is locked" (table locks of shared cache wait for no busy timeout).
+    """
+    try:
+        return bool(predicate())
+    except OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return False
+
+
 def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
+        if _holds(predicate):
             return True
         time.sleep(interval)
     return bool(predicate())

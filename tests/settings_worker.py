@@ -21,6 +21,7 @@ CACHE_INVALIDATION = {
     "RETRY_BACKOFF_MAX": 1,
     "RETRY_JITTER": False,
     "MAX_RETRIES": int(os.environ.get("WORKER_MAX_RETRIES", "8")),
+    "METRICS_FLUSH_INTERVAL": float(os.environ.get("WORKER_METRICS_FLUSH_INTERVAL", "1.0")),
 }
 
 if os.environ.get("WORKER_SOCKET_TIMEOUT"):  # a cache that times out sooner than the suite's

@@ -79,8 +79,10 @@ def test_demo_serves_the_shop(tmp_path):
 
 
 def test_demo_with_redis_runs_a_worker_and_invalidates_across_processes(tmp_path):
-    """REDIS_URL set: django-redis cache, Celery transport, a worker inside the demo process.
-    A price changed from another process reaches the page through the broker and worker."""
+    """REDIS_URL set: django-redis cache, Celery transport, a worker inside the demo process,
+    and the local cache on: a page read again is served from the server's memory
+    (``X-Cache: hit-local``, once its subscription is live). A price changed from another
+    process reaches the page through the broker and worker, local copy included."""
     import redis
 
     url = os.environ.get("TEST_DEMO_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -105,8 +107,15 @@ def test_demo_with_redis_runs_a_worker_and_invalidates_across_processes(tmp_path
                 time.sleep(0.3)
         pk = re.search(r'href="/products/(\d+)/"', home).group(1)
         page = f"{base}/products/{pk}/"
-        _fetch(page)
-        assert _fetch(page)[1]["X-Cache"] == "hit"
+        assert _fetch(page)[1]["X-Cache"] == "miss"
+        # Redis serves the page until the server's subscription is confirmed, then its copy.
+        seen = [_fetch(page)[1]["X-Cache"] for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while seen[-1] != "hit-local":
+            assert set(seen) <= {"hit", "hit-local"}, seen
+            assert time.monotonic() < deadline, f"never served locally: {seen[-20:]}"
+            time.sleep(0.1)
+            seen.append(_fetch(page)[1]["X-Cache"])
         changed = subprocess.run(
             [sys.executable, "manage.py", "shell", "-c",
              "from testproject.shop.models import Product\n"

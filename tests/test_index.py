@@ -89,7 +89,8 @@ def test_prune_task_runs_in_a_real_worker(celery_worker, settings):
     prune_tag_index.apply_async(serializer="json")
     from tests.conftest import wait_for
 
-    assert wait_for(lambda: cache.index_stats()["dead_members"] == 0)
+    # Generous: in CI two matrix sessions share the two cores with this worker.
+    assert wait_for(lambda: cache.index_stats()["dead_members"] == 0, timeout=60)
     assert cache.index_stats()["members"] == 1
 
 

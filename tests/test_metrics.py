@@ -1,5 +1,6 @@
 """The shared metrics store: counters per model move when writes commit, lag percentiles come
-from real applies, and recording a batch costs one pipelined round trip to Redis."""
+from real applies; counts wait in the process and are written in one pipelined round trip, with
+the next script call or on a timer, exactly, in the minute they happened in, across processes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import redis
 from django.db import transaction
 from redis.client import Pipeline, Redis
 
-from cache_invalidation import InvalidationEvent, invalidate, metrics, no_invalidation
+from cache_invalidation import InvalidationEvent, invalidate, metrics, metricstore, no_invalidation
 from cache_invalidation.apply import apply_events
 from cache_invalidation.models import DeadLetter
 from testproject.shop.models import Category, Product
@@ -168,42 +169,102 @@ def round_trips_counted(monkeypatch):
         monkeypatch.undo()
 
 
-def test_recording_a_batch_is_one_pipelined_round_trip(private_cache, monkeypatch):
-    committed = time.time()  # one timestamp: every lag falls in the same histogram bucket
+def _batch(committed: float) -> list[InvalidationEvent]:
     products = [InvalidationEvent(type="shop.Product.updated", entity_type="shop.Product",
                                   timestamp=committed) for _ in range(40)]
-    manual = [InvalidationEvent(type="manual", timestamp=committed) for _ in range(10)]
-    metrics.record_published([products[0]], "sync")  # opens the cache's connection
+    return products + [InvalidationEvent(type="manual", timestamp=committed) for _ in range(10)]
+
+
+def test_counts_wait_in_the_process_and_are_written_in_one_pipelined_round_trip(
+    private_cache, monkeypatch
+):
+    committed = time.time()  # one timestamp: every lag falls in the same histogram bucket
+    metrics.record_published([_batch(committed)[0]], "sync")
+    metrics.flush()  # opens the cache's connection
     _, before = _stats(private_cache)
     with round_trips_counted(monkeypatch) as round_trips:
-        metrics.record_applied(products + manual, now=committed + 0.003)
+        metrics.record_applied(_batch(committed), now=committed + 0.003)
+        metrics.record_applied(_batch(committed), now=committed + 0.003)
+        assert round_trips == []  # counted in the process
+        metrics.flush()
 
     _, after = _stats(private_cache)
     assert round_trips == ["pipeline"]
     called = {n: after.get(n, 0) - before.get(n, 0) for n in after}
-    # 2 models x applied, 1 lag bucket + its sum; in the minute, hour and total hashes.
+    # 2 models x applied, 1 lag bucket + its sum; in the minute, hour and total hashes: both
+    # batches in the same increments.
     assert called["hincrby"] == (2 + 2) * 3
     assert called["expire"] == 3
     assert {n for n, c in called.items() if c} == {"hincrby", "expire", "info"}
+    assert metrics.read() == {**ZERO, "published": 1, "applied": 100}
 
 
-def test_a_committed_sync_save_is_one_round_trip_metrics_included(
-    private_cache, product, monkeypatch
-):
+def test_with_no_flush_interval_each_batch_is_written_at_once(private_cache, settings,
+                                                              monkeypatch):
+    settings.CACHE_INVALIDATION = {**settings.CACHE_INVALIDATION, "METRICS_FLUSH_INTERVAL": 0}
+    committed = time.time()
+    metrics.record_published([_batch(committed)[0]], "sync")  # opens the cache's connection
+    with round_trips_counted(monkeypatch) as round_trips:
+        metrics.record_applied(_batch(committed), now=committed + 0.003)
+    assert round_trips == ["pipeline"]
+    assert private_cache.hget(_raw_key("ci:stats:total"), "shop.Product|applied") == b"40"
+
+
+def _raw_key(name: str) -> str:
+    from django.core.cache import caches
+
+    return str(caches["private"].client.make_key(name))
+
+
+def test_a_committed_sync_save_is_one_round_trip(private_cache, settings, product, monkeypatch):
+    settings.CACHE_INVALIDATION = {**settings.CACHE_INVALIDATION, "METRICS_FLUSH_INTERVAL": 3600}
     product.save()  # warm up: connections, scripts
     _, before = _stats(private_cache)
     with round_trips_counted(monkeypatch) as round_trips:
         product.price = Decimal("3.00")
         product.save()
     _, after = _stats(private_cache)
-    # The invalidation script also counted the batch, marked its ids and its model's rate.
+    # The invalidation script also counted its model's rate; the batch's counts wait in the
+    # process, and ids made here are never delivered again: no duplicate mark.
     assert round_trips == ["EVALSHA"]
     called = {n: after.get(n, 0) - before.get(n, 0) for n in after}
-    # published and applied (1 model) + lag bucket + lag sum, in the 3 hashes, in the script.
-    assert called["hincrby"] == 4 * 3
-    assert called["expire"] == 3
+    # Versions of its 6 tags (with "pricing:{category_id}": the price changed), no mark.
+    assert called.get("hincrby", 0) == 0 and called.get("set", 0) == 6
     assert called["incrby"] == 1  # the model's rate count
-    assert counts("shop.Product") == {**ZERO, "published": 2, "applied": 2}
+    assert counts("shop.Product") == {**ZERO, "published": 2, "applied": 2}  # read flushes
+
+
+def test_counts_ride_in_the_next_script_call_once_due(private_cache, settings, product,
+                                                       monkeypatch):
+    settings.CACHE_INVALIDATION = {**settings.CACHE_INVALIDATION, "METRICS_FLUSH_INTERVAL": 3600}
+    product.save()
+    product.save()
+    assert private_cache.exists(_raw_key("ci:stats:total")) == 0  # waiting in the process
+    monkeypatch.setattr(metricstore, "_oldest", time.monotonic() - 3600)  # an hour later
+    _, before = _stats(private_cache)
+    with round_trips_counted(monkeypatch) as round_trips:
+        product.save()
+    _, after = _stats(private_cache)
+    assert round_trips == ["EVALSHA"]  # no round trip of their own
+    assert after["hincrby"] - before.get("hincrby", 0) == 4 * 3  # written by the script call
+    total = private_cache.hgetall(_raw_key("ci:stats:total"))
+    assert total[b"shop.Product|applied"] == b"2"  # the two waiting; the third waits now
+    assert counts("shop.Product") == {**ZERO, "published": 3, "applied": 3}
+
+
+def test_counts_are_written_on_a_timer_when_no_script_call_comes(private_cache, settings):
+    settings.CACHE_INVALIDATION = {**settings.CACHE_INVALIDATION, "METRICS_FLUSH_INTERVAL": 0.2}
+    now = time.time()
+    metrics.record_applied(_batch(now), now=now)
+    metrics.incr("escalated", 3, model="shop.Product")
+    key = _raw_key("ci:stats:total")
+    assert wait_for(lambda: private_cache.exists(key), timeout=10)
+    found = {k.decode(): int(v) for k, v in private_cache.hgetall(key).items()}
+    assert found["shop.Product|applied"] == 40 and found["manual|applied"] == 10
+    assert found["shop.Product|escalated"] == 3
+    minute = {k.decode(): int(v) for k, v in
+              private_cache.hgetall(_raw_key(f"ci:stats:min:{int(now // 60)}")).items()}
+    assert minute == found  # in the bucket of the minute they happened in
 
 
 def test_counting_never_breaks_the_work_it_counts(private_cache, private_redis, caplog):
@@ -237,3 +298,62 @@ def test_counters_move_through_the_celery_worker(settings, celery_worker, produc
     assert counts("shop.Product")["published"] == 1  # counted at publish, in this process
     assert wait_for(lambda: counts("shop.Product")["applied"] == 1)  # ...and by the worker
     assert metrics.snapshot()["lag_ms"]["samples"] == 1
+
+
+CHILD = """
+import os, sys, time
+import django
+django.setup()
+from cache_invalidation import InvalidationEvent, metrics
+now = float(os.environ["COUNT_AT"])
+for _ in range(int(os.environ["BATCHES"])):
+    metrics.record_applied([InvalidationEvent(type="manual", timestamp=now)], now=now)
+print("counted", flush=True)
+if os.environ.get("THEN") == "wait":
+    time.sleep(60)
+"""
+
+
+def _child(tmp_path, batches: int, then: str = "exit", interval: str = "3600"):
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings_metrics_child",
+        "PROCESS_DB": str(tmp_path / "unused.sqlite3"),
+        "PROCESS_KEY_PREFIX": django_settings.KEY_PREFIX,
+        "CHILD_FLUSH_INTERVAL": interval,
+        "COUNT_AT": str(1_764_237_030.0),
+        "BATCHES": str(batches),
+        "THEN": then,
+    }
+    return subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+
+
+def test_counts_of_several_processes_add_up_exactly_in_their_minute(tmp_path):
+    """Two processes count in the same minute and exit cleanly (their aggregates are written
+    at exit); a third is killed before its interval passed: it loses what it had not
+    written, and nothing else."""
+    import signal
+
+    killed = _child(tmp_path, 7, then="wait")
+    assert killed.stdout.readline().strip() == "counted"
+    first, second = _child(tmp_path, 250), _child(tmp_path, 125)
+    assert first.wait(60) == 0 and second.wait(60) == 0
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    for child in (killed, first, second):
+        child.stdout.close()
+    metrics.record_applied([InvalidationEvent(type="manual", timestamp=1_764_237_030.0)],
+                           now=1_764_237_030.0)  # this process's own, written when read
+    snapshot = metrics.snapshot(now=1_764_237_059.0)  # the same minute
+    assert snapshot["per_model"]["manual"]["hour"]["applied"] == 250 + 125 + 1
+    assert metrics.snapshot(now=1_764_237_090.0)["totals"]["hour"]["applied"] == 376  # next
+    assert metrics.read()["applied"] == 376
+    minute = metrics._read_buckets([f"{metrics.PREFIX}min:{1_764_237_030 // 60}"])[0]
+    assert minute["manual|applied"] == 376

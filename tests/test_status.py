@@ -84,9 +84,10 @@ def test_json_has_the_documented_shape(saved_product):
     found = json.loads(out)
     assert set(found) == {
         "healthy", "problems", "warnings", "generated_at", "transport", "cache_alias", "cache",
-        "broker", "database", "dead_letters", "outbox", "changes", "index", "metrics", "limits",
-        "versions",
+        "broker", "database", "dead_letters", "outbox", "changes", "local", "index", "metrics",
+        "limits", "versions",
     }
+    assert found["local"] == {"used": False}
     assert found["healthy"] is True and found["problems"] == []
     assert found["cache"]["eviction"]["policy"] == "noeviction"
     assert found["cache"]["ok"] is True and found["broker"]["used"] is False

@@ -126,14 +126,14 @@ def test_timeout_from_a_variable_and_the_default_alias(settings):
             "{% cachetagged %}",
             (
                 "'cachetagged' tag needs a timeout and a fragment name: {% cachetagged timeout "
-                "fragment_name [vary_on ...] tags=... [using=...] %}"
+                "fragment_name [vary_on ...] tags=... [using=...] [local=...] %}"
             ),
         ),
         (
             '{% cachetagged 60 tags="a" %}',
             (
                 "'cachetagged' tag needs a timeout and a fragment name: {% cachetagged timeout "
-                "fragment_name [vary_on ...] tags=... [using=...] %}"
+                "fragment_name [vary_on ...] tags=... [using=...] [local=...] %}"
             ),
         ),
         (
@@ -146,15 +146,15 @@ def test_timeout_from_a_variable_and_the_default_alias(settings):
         (
             '{% cachetagged 60 box tags="a" timeout=5 %}',
             (
-                "'cachetagged' tag got an unknown keyword argument 'timeout=': it takes tags= and "
-                "using="
+                "'cachetagged' tag got an unknown keyword argument 'timeout=': it takes tags=, "
+                "using= and local="
             ),
         ),
         (
             '{% cachetagged 60 box tags="a" pk %}',
             (
                 "'cachetagged' tag got the vary-on value 'pk' after a keyword argument: write "
-                "vary-on values before tags= and using="
+                "vary-on values before tags=, using= and local="
             ),
         ),
         (

@@ -48,15 +48,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import zip_longest
 from typing import Any
 
+from django.core.cache.backends.base import default_key_func
+from django_redis.exceptions import CompressorError
 from redis.exceptions import RedisError
 
 from ..bookkeeping import Bookkeeping
 from ..logfields import log_extra
 from .base import MISSING, Lookup, PartialInvalidation
+from .redis_lua import DELETE_KEYS as _DELETE_KEYS
 from .redis_lua import DRAIN as _DRAIN
 from .redis_lua import INVALIDATE as _INVALIDATE
 from .redis_lua import LOOKUP as _LOOKUP
@@ -80,6 +83,9 @@ DRAINING = "ci:draining"
 #: Draining sets named per drain script call.
 DRAINS_PER_CALL = 100
 ORPHANED_AFTER_MS = 30_000
+#: The Pub/Sub channel (through ``make_key``) on which every script that deletes entries or
+#: bumps the sequence announces what it did, in the same atomic call (see :mod:`.pubsub`).
+CHANNEL = "ci:announce"
 
 
 class RedisTagBackend(RedisServices):
@@ -88,6 +94,15 @@ class RedisTagBackend(RedisServices):
         self.client_wrapper = cache.client
         self.max_ttl = max_ttl
         self._scripts: dict[str, Any] = {}
+        self._loads: Callable[[bytes], Any] | None = None
+        #: Called with the tag set names and keys of every invalidation this process applied,
+        #: as soon as it is applied (the local cache drops its own copies without waiting for
+        #: the announcement to come back).
+        self.listeners: list[Callable[[list[str]], None]] = []
+        # With Django's own key function a name is the prefix and version, then the key: built
+        # here once rather than through make_key for each of a call's dozen names.
+        plain = getattr(cache, "key_func", None) is default_key_func
+        self._prefix = f"{cache.key_prefix}:{cache.version}:" if plain else None
 
     # -- plumbing -------------------------------------------------------------------------
     def _redis(self) -> Any:
@@ -101,6 +116,8 @@ class RedisTagBackend(RedisServices):
         return script(keys=list(keys), args=list(args), client=client)
 
     def _key(self, key: str) -> str:
+        if self._prefix is not None:
+            return self._prefix + key
         return str(self.client_wrapper.make_key(key))
 
     def _tag_keys(self, tags: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -151,6 +168,83 @@ class RedisTagBackend(RedisServices):
             return Lookup(MISSING, 0)
         return Lookup(self._decode(value), 0, tags=_tag_list(tag_list))
 
+    # -- what the local cache needs (see ..localcache) -----------------------------------
+    def made_key(self, key: str) -> str:
+        return self._key(key)
+
+    def tag_names(self, tags: Sequence[str]) -> list[str]:
+        """The names announcements use for ``tags`` (their member sets' keys)."""
+        return [self._key("ci:t:" + t) for t in tags]
+
+    def channel(self) -> str:
+        return self._key(CHANNEL)
+
+    def encode(self, value: Any) -> bytes:
+        """The bytes Redis holds for ``value`` (django-redis stores an int as its digits)."""
+        raw = self.client_wrapper.encode(value)
+        return raw if isinstance(raw, bytes) else str(raw).encode()
+
+    def decode(self, raw: bytes) -> Any:
+        return self.client_wrapper.decode(raw)
+
+    def loader(self, raw: bytes) -> tuple[bool, Any]:
+        """How a local hit turns ``raw`` into a value: ``(True, value)`` when the value is an
+        int (immutable: shared as is), else ``(False, loads)``, a function of the bytes that
+        skips django-redis' int attempt (one exception per call)."""
+        try:
+            return True, int(raw)
+        except ValueError:
+            pass
+        loads = self._loads
+        if loads is None:
+            wrapper = self.client_wrapper
+            compressor = getattr(wrapper, "_compressor", None)
+            serializer = getattr(wrapper, "_serializer", None)
+            if compressor is None or serializer is None:  # another client class
+                loads = wrapper.decode
+            else:
+                loads = _loads_with(compressor, serializer)
+            self._loads = loads
+        return False, loads
+
+    def peek_raw(self, key: str) -> tuple[bytes | None, list[str]]:
+        """The stored bytes of ``key`` and its tags, in one ``MGET``; (None, []) on a miss or
+        a tolerated error."""
+        try:
+            value, tag_list = self._redis().mget(self._key(key), self._key("ci:tl:" + key))
+        except RedisError as exc:
+            if self._tolerate(exc, "get"):
+                return None, []
+            raise
+        return value, _tag_list(tag_list) if value is not None else []
+
+    def sequence(self) -> tuple[int, str]:
+        """The invalidation sequence and epoch now (0 and '' while none was started)."""
+        seq, epoch = self._redis().mget(self._key("ci:seq"), self._key("ci:epoch"))
+        return int(seq or 0), _text(epoch)
+
+    def subscribers(self) -> int:
+        """How many connections listen to this cache's announcements (``PUBSUB NUMSUB``)."""
+        found = self._redis().pubsub_numsub(self.channel())
+        return int(found[0][1]) if found else 0
+
+    def add_counts(self, name: str, counts: dict[str, int], ttl: int) -> None:
+        """Add ``counts`` to the hash ``name`` (one pipelined round trip)."""
+        key = self._key(name)
+        pipe = self._redis().pipeline(transaction=False)
+        for field, amount in counts.items():
+            pipe.hincrby(key, field, amount)
+        pipe.expire(key, ttl)
+        pipe.execute()
+
+    def read_counts(self, name: str) -> dict[str, int]:
+        raw = self._redis().hgetall(self._key(name)) or {}
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def _announced(self, names: list[str]) -> None:
+        for listener in self.listeners:
+            listener(names)
+
     def lookup(
         self, key: str, lease: str | None, lease_ttl: float, stale: bool, tags: bool = False
     ) -> Lookup:
@@ -169,6 +263,7 @@ class RedisTagBackend(RedisServices):
             "1" if stale else "0",
             "1" if tags else "0",
             self._index_ttl_ms() * 4,
+            self.channel(),
         ]
         try:
             value, since, leased, stale_raw, tag_list = self._run(_LOOKUP, keys, args)
@@ -209,13 +304,18 @@ class RedisTagBackend(RedisServices):
             lease or "",
             (timeout + keep_stale) * 1000 if keep_stale else 0,
             json.dumps(list(tags), ensure_ascii=False),
+            self.channel(),
+            self._index_ttl_ms() * 4,
         ]
         try:
-            return bool(self._run(_STORE, keys, args))
+            stored = bool(self._run(_STORE, keys, args))
         except RedisError as exc:
             if self._tolerate(exc, "set"):
                 return False
             raise
+        if since is None and self.listeners:
+            self._announced([keys[0]])
+        return stored
 
     def release(self, key: str, lease: str) -> None:
         lease_key = self._key("ci:l:" + key)
@@ -227,7 +327,29 @@ class RedisTagBackend(RedisServices):
         return bool(self._redis().exists(self._key("ci:l:" + key)))
 
     def delete(self, key: str) -> bool:
-        return bool(self._redis().delete(self._key(key)))
+        return bool(self.delete_keys([self._key(key)]))
+
+    def delete_keys(self, made_keys: Sequence[Any]) -> int:
+        """Delete raw keys and announce them, in one script call."""
+        if not made_keys:
+            return 0
+        deleted = int(
+            self._run(
+                _DELETE_KEYS,
+                list(made_keys),
+                [self.channel(), self._key("ci:seq"), self._key("ci:epoch"), self._seq_ttl()],
+            )
+        )
+        if self.listeners:
+            self._announced([_text(k) for k in made_keys])
+        return deleted
+
+    def unlink(self, keys: Sequence[bytes]) -> int:
+        """Pattern deletion's deletes (:mod:`..keypatterns`), announced like any other."""
+        return self.delete_keys(keys)
+
+    def _seq_ttl(self) -> int:
+        return self._index_ttl_ms() * 4
 
     def invalidate(
         self,
@@ -275,7 +397,7 @@ class RedisTagBackend(RedisServices):
     ) -> tuple[int, list[str]]:
         tag_keys, version_keys = self._tag_keys(tags)
         drain_prefix = self._key(f"ci:d:{uuid.uuid4().hex[:8]}:")
-        book_keys, ops = (bookkeeping or Bookkeeping()).script_args(self.client_wrapper.make_key)
+        book_keys, ops = (bookkeeping or Bookkeeping()).script_args(self._key)
         done, draining, totals = self._run(
             _INVALIDATE,
             [
@@ -295,8 +417,11 @@ class RedisTagBackend(RedisServices):
                 ops,
                 self._key(DRAINING),
                 ORPHANED_AFTER_MS,
+                self.channel(),
             ],
         )
+        if self.listeners:
+            self._announced([*tag_keys, *(self._key(k) for k in keys)])
         if bookkeeping is not None:
             bookkeeping.script_result(totals)
         return int(done), [d.decode() if isinstance(d, bytes) else str(d) for d in draining]
@@ -328,7 +453,17 @@ class RedisTagBackend(RedisServices):
             while group:
                 try:
                     removed, still, denied = self._run(
-                        _DRAIN, group, [CHUNK, self._key(DRAINING), prefix]
+                        _DRAIN,
+                        group,
+                        [
+                            CHUNK,
+                            self._key(DRAINING),
+                            prefix,
+                            self.channel(),
+                            self._key("ci:seq"),
+                            self._key("ci:epoch"),
+                            self._seq_ttl(),
+                        ],
                     )
                 except RedisError as exc:
                     raise _DrainFailed(group + pending, deleted) from exc
@@ -400,6 +535,25 @@ def _show_name(name: Any) -> str:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _loads_with(compressor: Any, serializer: Any) -> Callable[[bytes], Any]:
+    decompress, deserialize = compressor.decompress, serializer.loads
+
+    def loads(raw: bytes) -> Any:
+        try:  # noqa: SIM105 - on the local hit path, where suppress() costs more than this
+            raw = decompress(raw)
+        except CompressorError:  # stored uncompressed (small values)
+            pass
+        return deserialize(raw)
+
+    return loads
+
+
+def _text(raw: Any) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _tag_list(raw: bytes | None) -> list[str]:

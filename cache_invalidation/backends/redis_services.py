@@ -107,6 +107,7 @@ class RedisServices:
         except Exception as exc:  # bookkeeping must never break the work it accounts for
             bookkeeping.failed(exc, what)
             return
+        bookkeeping.written = True
         offset = len(bookkeeping.marks) + sum(len(f) + 1 for _, _, f in bookkeeping.counters)
         bookkeeping.totals = [
             int(replies[offset + 2 * i + 1]) for i in range(len(bookkeeping.rates))

@@ -3,7 +3,8 @@
 Usage::
 
     {% load cache_invalidation %}
-    {% cachetagged timeout fragment_name [vary_on ...] tags=... [tags=...] [using="alias"] %}
+    {% cachetagged timeout fragment_name [vary_on ...] tags=... [tags=...] [using="alias"]
+                   [local=True] %}
         ... expensive part ...
     {% endcachetagged %}
 
@@ -24,6 +25,10 @@ arguments raise ``TemplateSyntaxError`` when the template is compiled; values th
 wrong when rendering (unknown variable, non-integer timeout, a tag that is not a non-empty
 string, an unknown cache alias) raise ``TemplateSyntaxError`` when rendering, never a silently
 untagged entry.
+
+``local=True`` (or any expression resolving to a bool) also keeps the fragment in this
+process's memory, coherent with every invalidation (:mod:`cache_invalidation.localcache`);
+without it, ``LOCAL_CACHE["DEFAULT"]`` decides.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ from ..tagging import TaggedCache, tagged_cache
 
 register = Library()
 
-USAGE = "{% cachetagged timeout fragment_name [vary_on ...] tags=... [using=...] %}"
+USAGE = "{% cachetagged timeout fragment_name [vary_on ...] tags=... [using=...] [local=...] %}"
 _KEYWORD = re.compile(r"(\w+)=(.*)", re.DOTALL)
-_KEYWORDS = ("tags", "using")
+_KEYWORDS = ("tags", "using", "local")
 
 TagSource = tuple[str, ...] | FilterExpression
 """Literal tags, split at compile time, or an expression resolved when rendering."""
@@ -58,7 +63,9 @@ class CacheTaggedNode(Node):
         vary_on: list[FilterExpression],
         tags: list[TagSource],
         using: FilterExpression | None,
+        local: FilterExpression | None = None,
     ) -> None:
+        self.local = local
         self.nodelist = nodelist
         self.timeout = timeout
         self.fragment_name = fragment_name
@@ -73,8 +80,23 @@ class CacheTaggedNode(Node):
         vary_on = [_resolve(expr, context, strict=False) for expr in self.vary_on]
         key = fragment_key(self.fragment_name, vary_on)
         return cache.get_or_set(
-            key, lambda: self.nodelist.render(context), tags=tags, timeout=timeout
+            key,
+            lambda: self.nodelist.render(context),
+            tags=tags,
+            timeout=timeout,
+            local=self._local(context),
         )
+
+    def _local(self, context: Context) -> bool | None:
+        if self.local is None:
+            return None
+        value = _resolve(self.local, context)
+        if not isinstance(value, bool):
+            raise TemplateSyntaxError(
+                f"'cachetagged' tag: local={self.local.token} resolved to {value!r}; give "
+                "True or False"
+            )
+        return value
 
     def _timeout(self, context: Context) -> int | None:
         value = _resolve(self.timeout, context)
@@ -171,13 +193,14 @@ def do_cachetagged(parser: Parser, token: Token) -> CacheTaggedNode:
     positional: list[str] = []
     tags: list[TagSource] = []
     using: FilterExpression | None = None
+    local: FilterExpression | None = None
     for bit in bits:
         match = _KEYWORD.fullmatch(bit)
         if match is None:
-            if tags or using is not None:
+            if tags or using is not None or local is not None:
                 raise TemplateSyntaxError(
                     f"'cachetagged' tag got the vary-on value {bit!r} after a keyword "
-                    "argument: write vary-on values before tags= and using="
+                    "argument: write vary-on values before tags=, using= and local="
                 )
             positional.append(bit)
             continue
@@ -185,7 +208,7 @@ def do_cachetagged(parser: Parser, token: Token) -> CacheTaggedNode:
         if name not in _KEYWORDS:
             raise TemplateSyntaxError(
                 f"'cachetagged' tag got an unknown keyword argument '{name}=': it takes "
-                "tags= and using="
+                "tags=, using= and local="
             )
         if not raw:
             raise TemplateSyntaxError(f"'cachetagged' tag got {name}= without a value")
@@ -194,6 +217,10 @@ def do_cachetagged(parser: Parser, token: Token) -> CacheTaggedNode:
             if using is not None:
                 raise TemplateSyntaxError("'cachetagged' tag got using= more than once")
             using = expr
+        elif name == "local":
+            if local is not None:
+                raise TemplateSyntaxError("'cachetagged' tag got local= more than once")
+            local = expr
         else:
             literal = _literal_tags(expr, raw)
             tags.append(literal if literal is not None else expr)
@@ -217,6 +244,7 @@ def do_cachetagged(parser: Parser, token: Token) -> CacheTaggedNode:
         [parser.compile_filter(bit) for bit in vary_on],
         tags,
         using,
+        local,
     )
 
 

@@ -28,9 +28,9 @@ class SyncTransport(BaseTransport):
 
     def _apply(self, events: list[InvalidationEvent]) -> None:
         try:
-            # Made here, so no id can have been applied before; counted as published by the
-            # same script call that applies them.
-            apply_events(events, done=set(), published=True)
+            # Made here, so no id can have been applied before, and none is delivered again:
+            # nothing to look up, nothing to mark. Counted as published with the applied.
+            apply_events(events, done=set(), published=True, mark=False)
         except Exception as exc:
             if not isinstance(exc, PartialInvalidation):  # else the script counted them
                 metrics.record_published(events, self.name)

@@ -1,6 +1,7 @@
 """The shop's pages. Each caches what it renders through ``tagged_cache``, under the tags the
-models declare, and reports whether each part came from the cache: in ``X-Cache`` response
-headers and in the page footer.
+models declare, and reports where each part came from, in ``X-Cache`` response headers and in
+the page footer: ``hit-local`` (this process's local copy, when ``LOCAL_CACHE`` is on),
+``hit`` (Redis, or the LocMem cache) or ``miss`` (computed).
 
 ``get_or_set`` reads the tags' versions before computing, so a page computed from rows that
 change meanwhile is returned to this request but not stored.
@@ -21,12 +22,14 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from cache_invalidation import cache_page_tagged, tagged_cache
+from cache_invalidation.localcache import served_locally
 
 from .models import Category, Product, Review
 
 
 def cached_part(key: str, compute: Callable[[], Any], tags: Sequence[str]) -> tuple[Any, str]:
-    """``tagged_cache.get_or_set`` that also says where the value came from: "hit" or "miss"."""
+    """``tagged_cache.get_or_set`` that also says where the value came from: "hit-local",
+    "hit" or "miss"."""
     computed = False
 
     def compute_and_note() -> Any:
@@ -35,7 +38,15 @@ def cached_part(key: str, compute: Callable[[], Any], tags: Sequence[str]) -> tu
         return compute()
 
     value = tagged_cache.get_or_set(key, compute_and_note, tags=list(tags))
-    return value, "miss" if computed else "hit"
+    return value, source(computed)
+
+
+def source(computed: bool) -> str:
+    """What the X-Cache headers report for the get_or_set that just returned."""
+    if computed:
+        return "miss"
+    # Only set by a get_or_set that used the local cache (LOCAL_CACHE on): False otherwise.
+    return "hit-local" if served_locally() else "hit"
 
 
 def product_data(pk: int) -> dict[str, Any]:
@@ -137,9 +148,9 @@ def home(request: HttpRequest) -> HttpResponse:
 async def product_api(request: HttpRequest, pk: int) -> JsonResponse:
     """The product as JSON, from an async view: ``aget_or_set`` with an async ORM query.
 
-    ``X-Cache`` says "hit" or "miss". A missing product raises Http404 inside the computation,
-    so nothing is cached for it. As on the product page, the category's name refreshes on a
-    change of the product, or within MAX_TTL.
+    ``X-Cache`` says "hit-local", "hit" or "miss". A missing product raises Http404 inside the
+    computation, so nothing is cached for it. As on the product page, the category's name
+    refreshes on a change of the product, or within MAX_TTL.
     """
     computed = False
 
@@ -159,5 +170,5 @@ async def product_api(request: HttpRequest, pk: int) -> JsonResponse:
 
     data = await tagged_cache.aget_or_set(f"product:{pk}:api", load, tags=[f"product:{pk}"])
     response = JsonResponse(data)
-    response["X-Cache"] = "miss" if computed else "hit"
+    response["X-Cache"] = source(computed)
     return response

@@ -32,6 +32,10 @@ class Command(BaseCommand):
     DEAD_LETTERS = "Dead letters: {pending} pending{oldest}{reasons}"
     OUTBOX = "Outbox: {rows} row(s){oldest}{used}"
     UNREADABLE = "{what}: not readable: {error}"
+    LOCAL = (
+        "Local cache: {subscribers} subscriber(s), hit rate {rate} ({hits} hits, {misses} "
+        "misses), flushes: {flushes}"
+    )
     CHANGES = (
         "Change data capture: slot {slot!r} on {alias!r}, {lag} byte(s) behind, "
         "last round {age} ago, lag {seconds}"
@@ -170,6 +174,20 @@ class Command(BaseCommand):
                     seconds="-"
                     if found["lag_seconds"] is None
                     else f"{found['lag_seconds']:.1f} s",
+                )
+            )
+        local = status.get("local") or {}
+        if local.get("used") and local.get("error"):
+            write(self.UNREADABLE.format(what="Local cache", error=local["error"]))
+        elif local.get("used"):
+            rate = local["hit_rate"]
+            write(
+                self.LOCAL.format(
+                    subscribers=local["subscribers"],
+                    rate="-" if rate is None else f"{rate:.1%}",
+                    hits=local["hits"],
+                    misses=local["misses"],
+                    flushes=", ".join(f"{k} {v}" for k, v in local["flushes"].items()) or "none",
                 )
             )
         index = status["index"]

@@ -1,7 +1,8 @@
 """``manage.py demo``: migrate, seed the shop, create the admin user and serve the site.
 
 With ``REDIS_URL`` set the transport is Celery, and a worker runs inside this process (in a
-thread) for as long as the server does, so one command shows the whole flow.
+thread) for as long as the server does, so one command shows the whole flow; the local cache
+(``LOCAL_CACHE``) is on too, so a page read twice is served from this process's memory.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ ADMIN_PASSWORD = "admin"
 class Command(BaseCommand):
     help = (
         "Migrate, seed demo data, create the superuser admin/admin and serve the shop "
-        "(with an in-process Celery worker when the transport is Celery)."
+        "(with an in-process Celery worker when the transport is Celery, and local copies of "
+        "cached parts when REDIS_URL is set)."
     )
 
     SEEDED = "Demo data: {summary}."
@@ -113,8 +115,9 @@ class Command(BaseCommand):
         if product is not None:
             self.say(f"Product:  {base}{product.get_absolute_url()}")
         self.say(
-            "Each page sends X-Cache: hit|miss. Change a price in the admin and reload the "
-            "product page: it is a miss again."
+            "Each page sends X-Cache: hit-local|hit|miss (hit-local: this process's own copy, "
+            "with REDIS_URL set). Change a price in the admin and reload the product page: it "
+            "is a miss again."
         )
         if "LocMemCache" in settings.CACHES[get_config()["CACHE_ALIAS"]]["BACKEND"]:
             self.say(self.LOCAL_CACHE, self.style.WARNING)
