@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,20 +134,91 @@ def celery_app() -> Any:
     return app
 
 
-@pytest.fixture(scope="session")
-def celery_worker(celery_app: Any) -> Iterator[Any]:
-    """A real worker thread consuming from the real broker (the suite's own queue)."""
-    from celery.contrib.testing.worker import start_worker
+#: Why the suite's worker had stopped, each time it was started again.
+WORKER_RESTARTS: list[str] = []
 
-    with start_worker(
-        celery_app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10
-    ) as worker:
-        yield worker
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for number, reason in enumerate(WORKER_RESTARTS, 1):
+        terminalreporter.write_sep("-", f"the suite's Celery worker had stopped ({number})")
+        terminalreporter.write_line(reason)
+
+
+class SuiteWorker:
+    """The suite's worker thread, started once and started again if something stopped it.
+
+    A worker thread of the test process stops for good on any error that escapes its consumer
+    (celery logs it as "Unrecoverable error") and every later test that needs it would time out
+    waiting for tasks that nobody runs. It is started again before such a test, and the reason
+    it stopped is printed at the end of the run (``pytest_terminal_summary``), not lost.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._context: Any = None
+        self.worker: Any = None
+        self.stopped_because: str | None = None
+
+    def start(self) -> Any:
+        from celery.contrib.testing.worker import TestWorkController, start_worker
+
+        suite = self
+
+        class Controller(TestWorkController):  # type: ignore[misc]
+            def stop(self, *args: Any, **kwargs: Any) -> None:
+                if suite.worker is self and suite.stopped_because is None:
+                    failed = sys.exc_info()[0] is not None
+                    suite.stopped_because = (
+                        traceback.format_exc() if failed
+                        else "".join(traceback.format_stack()[-12:])
+                    )
+                super().stop(*args, **kwargs)
+
+        self.stopped_because = None
+        self._context = start_worker(
+            self.app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10,
+            WorkController=Controller,
+        )
+        self.worker = self._context.__enter__()
+        return self.worker
+
+    def running(self) -> bool:
+        from celery.bootsteps import RUN
+
+        return self.worker is not None and self.worker.blueprint.state == RUN
+
+    def ensure(self) -> Any:
+        if not self.running():
+            reason = self.stopped_because or "no reason recorded"
+            self.close()
+            WORKER_RESTARTS.append(reason)
+            self.start()
+        return self.worker
+
+    def close(self) -> None:
+        context, self._context, self.worker = self._context, None, None
+        if context is not None:
+            self.stopped_because = "the end of the test session"
+            context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def _suite_worker(celery_app: Any) -> Iterator[SuiteWorker]:
+    suite = SuiteWorker(celery_app)
+    suite.start()
+    yield suite
+    suite.close()
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     leftovers = [k for k in broker.scan_iter(match=f"*{queue}*", count=1000)]
     if leftovers:
         broker.delete(*leftovers)
+
+
+@pytest.fixture
+def celery_worker(_suite_worker: SuiteWorker) -> Any:
+    """A real worker thread consuming from the real broker (the suite's own queue)."""
+    return _suite_worker.ensure()
 
 
 def _free_port() -> int:

@@ -235,7 +235,12 @@ def test_killed_subscriptions_flush_and_bypass_until_resubscribed(local, other, 
     read("k", source)
     read("k", source)
     assert localcache.served_locally()
-    redis_client.client_kill_filter(_type="pubsub")
+    # Only this subscriber's connection, found by the name it gives itself: killing every
+    # pubsub client of the shared server would cut the Celery workers of other test runs too.
+    name = local._subscriber.client_name
+    ours = [c["id"] for c in redis_client.client_list(_type="pubsub") if c["name"] == name]
+    assert len(ours) == 1, redis_client.client_list(_type="pubsub")
+    redis_client.client_kill_filter(_id=ours[0])
     assert wait_for(lambda: local.counts["flush:disconnected"] >= 1, timeout=5)
     # Whatever is invalidated while the subscription is down can never be served locally.
     source.version = 2

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +104,9 @@ class Subscriber:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
+        #: The name the subscription's connection gives itself (``CLIENT SETNAME``), so that
+        #: ``CLIENT LIST TYPE pubsub`` shows which connections are local caches' subscribers.
+        self.client_name = "cache_invalidation:" + re.sub(r"[^!-~]", "_", channel)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -128,6 +132,7 @@ class Subscriber:
         kwargs.pop("retry_on_error", None)
         kwargs["retry_on_timeout"] = False
         kwargs["socket_timeout"] = None  # reads wait in get_message(timeout=...)
+        kwargs["client_name"] = self.client_name
         return Redis(
             connection_pool=ConnectionPool(
                 connection_class=pool.connection_class, max_connections=1, **kwargs
